@@ -1,0 +1,13 @@
+"""The churnops code location: every lifecycle stage's assets, wired to resources built from settings."""
+
+import dagster as dg
+
+from churn_assets.ingest.assets import raw_events, raw_users
+from churn_assets.resources import build_resources
+from churn_assets.settings import get_settings
+from churn_assets.transform.assets import dbt_daily_models, dbt_models
+
+defs = dg.Definitions(
+    assets=[raw_users, raw_events, dbt_models, dbt_daily_models],
+    resources=build_resources(get_settings()),
+)

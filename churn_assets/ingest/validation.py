@@ -1,0 +1,194 @@
+"""Validation of a raw batch before it is published (write-audit-publish).
+
+A batch is first staged in a temporary DuckDB table with a ``_source`` and ``_row`` column
+telling where each row came from. Each rule is a SQL predicate that selects violating rows, so
+the same rules run on a hand-made CSV and on a million-user synthetic day, and every failure can
+name the column and the rows. Nothing reaches the ``raw`` tables unless every rule passes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import duckdb
+
+from churn_assets.ingest.schema import (
+    EVENT_COLUMNS,
+    EVENT_KEYS,
+    EVENT_TYPES,
+    MAX_PAYMENT_USD,
+    MAX_VIDEO_MINUTES_PER_EVENT,
+    PLANS,
+    USER_COLUMNS,
+    USER_KEYS,
+)
+
+SAMPLE_ROWS = 5
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    columns: tuple[str, ...]
+    predicate: str
+    """SQL boolean that is true for a violating row (evaluated on the staged batch)."""
+    types: dict[str, str] | None = None
+    """Set on the type rule, which reports each unparseable column on its own."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rule: str
+    passed: bool
+    message: str
+    failing_rows: int
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+def _cast_fails(column: str, sql_type: str) -> str:
+    return f"({column} IS NOT NULL AND TRY_CAST({column} AS {sql_type}) IS NULL)"
+
+
+def _typed(column: str, columns: dict[str, str]) -> str:
+    return f"TRY_CAST({column} AS {columns[column]})"
+
+
+def event_rules(now: dt.datetime) -> list[Rule]:
+    ts = _typed("event_ts", EVENT_COLUMNS)
+    value = _typed("value", EVENT_COLUMNS)
+    event_type = "lower(trim(CAST(event_type AS VARCHAR)))"
+    return [
+        *_schema_rules("events", EVENT_COLUMNS),
+        Rule(
+            "events_keys_not_null",
+            "Every event has an id, a user, a type and a timestamp.",
+            EVENT_KEYS,
+            " OR ".join(f"{c} IS NULL" for c in EVENT_KEYS),
+        ),
+        Rule(
+            "events_known_types",
+            f"Event types are one of: {', '.join(EVENT_TYPES)}.",
+            ("event_type",),
+            f"event_type IS NOT NULL AND {event_type} NOT IN ({_sql_list(EVENT_TYPES)})",
+        ),
+        Rule(
+            "events_unique_ids",
+            "No event id appears twice in a batch.",
+            ("event_id",),
+            "event_id IS NOT NULL AND count(*) OVER (PARTITION BY CAST(event_id AS VARCHAR)) > 1",
+        ),
+        Rule(
+            "events_not_in_future",
+            "No event is timestamped after the time it was loaded.",
+            ("event_ts",),
+            f"{ts} > TIMESTAMP '{now.isoformat(sep=' ', timespec='seconds')}'",
+        ),
+        Rule(
+            "events_values_in_range",
+            "Values are non-negative; video minutes at most a day; payments at most "
+            f"{MAX_PAYMENT_USD:,.0f} USD and present on payment events.",
+            ("value",),
+            f"isnan({value}) OR isinf({value}) OR {value} < 0 "
+            f"OR ({event_type} = 'video_minutes' AND ({value} IS NULL OR {value} > {MAX_VIDEO_MINUTES_PER_EVENT})) "
+            f"OR ({event_type} IN ('payment', 'payment_failed') AND ({value} IS NULL OR {value} > {MAX_PAYMENT_USD}))",
+        ),
+    ]
+
+
+def user_rules(today: dt.date) -> list[Rule]:
+    plan = "lower(trim(CAST(plan AS VARCHAR)))"
+    return [
+        *_schema_rules("users", USER_COLUMNS),
+        Rule(
+            "users_keys_not_null",
+            "Every user has an id, a signup date and a plan.",
+            USER_KEYS,
+            " OR ".join(f"{c} IS NULL" for c in USER_KEYS),
+        ),
+        Rule(
+            "users_unique_ids",
+            "No user id appears twice.",
+            ("user_id",),
+            "user_id IS NOT NULL AND count(*) OVER (PARTITION BY CAST(user_id AS VARCHAR)) > 1",
+        ),
+        Rule(
+            "users_known_plans",
+            f"Plans are one of: {', '.join(PLANS)}.",
+            ("plan",),
+            f"plan IS NOT NULL AND {plan} NOT IN ({_sql_list(PLANS)})",
+        ),
+        Rule(
+            "users_signup_not_in_future",
+            "No user signed up after the day the data was loaded.",
+            ("signup_date",),
+            f"{_typed('signup_date', USER_COLUMNS)} > DATE '{today.isoformat()}'",
+        ),
+    ]
+
+
+def _schema_rules(prefix: str, columns: dict[str, str]) -> list[Rule]:
+    return [
+        Rule(
+            f"{prefix}_column_types",
+            "Every contract column is present and each value parses as its type: "
+            + ", ".join(f"{c} {t}" for c, t in columns.items())
+            + ".",
+            tuple(columns),
+            " OR ".join(_cast_fails(c, t) for c, t in columns.items()),
+            types=columns,
+        )
+    ]
+
+
+def check_batch(con: duckdb.DuckDBPyConnection, table: str, rules: list[Rule]) -> list[Outcome]:
+    """Evaluate every rule on the staged batch; a missing column fails the rules that need it."""
+    present = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+    outcomes = []
+    for rule in rules:
+        missing = [c for c in rule.columns if c not in present]
+        if missing:
+            outcomes.append(Outcome(rule.name, False, f"missing required column(s): {', '.join(missing)}", 0))
+            continue
+        outcomes.append(_evaluate(con, table, rule))
+    return outcomes
+
+
+def _evaluate(con: duckdb.DuckDBPyConnection, table: str, rule: Rule) -> Outcome:
+    if rule.types:
+        return _evaluate_types(con, table, rule)
+    violating = f"SELECT _source, _row FROM (SELECT *, ({rule.predicate}) AS _bad FROM {table}) WHERE _bad"
+    count = con.execute(f"SELECT count(*) FROM ({violating})").fetchone()[0]
+    if count == 0:
+        return Outcome(rule.name, True, rule.description, 0)
+    sample = con.execute(f"{violating} ORDER BY _source, _row LIMIT {SAMPLE_ROWS}").fetchall()
+    where = ", ".join(f"{src} row {row}" for src, row in sample)
+    column_text = "column" if len(rule.columns) == 1 else "columns"
+    message = (
+        f"{column_text} {', '.join(rule.columns)}: {count} row(s) violate '{rule.description}' "
+        f"First offending rows: {where}."
+    )
+    return Outcome(rule.name, False, message, count)
+
+
+def _evaluate_types(con: duckdb.DuckDBPyConnection, table: str, rule: Rule) -> Outcome:
+    """Reports each unparseable column separately, since that is what a user fixes."""
+    problems, total = [], 0
+    for column, sql_type in rule.types.items():
+        cond = _cast_fails(column, sql_type)
+        count = con.execute(f"SELECT count(*) FROM {table} WHERE {cond}").fetchone()[0]
+        if count:
+            total += count
+            sample = con.execute(
+                f"SELECT _source, _row, CAST({column} AS VARCHAR) FROM {table} WHERE {cond} "
+                f"ORDER BY _source, _row LIMIT {SAMPLE_ROWS}"
+            ).fetchall()
+            where = ", ".join(f"{src} row {row} ({value!r})" for src, row, value in sample)
+            problems.append(f"column {column}: {count} value(s) are not {sql_type}, e.g. {where}")
+    if not problems:
+        return Outcome(rule.name, True, rule.description, 0)
+    return Outcome(rule.name, False, "; ".join(problems) + ".", total)

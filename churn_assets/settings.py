@@ -1,0 +1,94 @@
+"""Every tunable of the platform, read once from the environment.
+
+One frozen object so that Dagster resources, the dbt profile (through the environment), the
+CLI, the benchmarks and the tests agree on paths and numbers. Everything the platform writes
+lives under ``data_dir``; deleting that folder resets the platform and touches nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+
+DEFAULT_START_DATE = dt.date(2026, 7, 1)
+
+TELEMETRY_OFF = {
+    "DAGSTER_DISABLE_TELEMETRY": "1",
+    "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+}
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _optional_date(name: str) -> dt.date | None:
+    value = os.environ.get(name, "").strip()
+    return dt.date.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    start_date: dt.date
+    history_days: int
+    n_users: int
+    seed: int
+    source: str
+    source_dir: Path | None
+    drift_from: dt.date | None
+    warehouse_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.source not in {"synthetic", "files"}:
+            raise ValueError(f"CHURNOPS_SOURCE must be 'synthetic' or 'files', not {self.source!r}")
+        if self.source == "files" and self.source_dir is None:
+            raise ValueError("CHURNOPS_SOURCE=files needs CHURNOPS_SOURCE_DIR")
+        warehouse = os.environ.get("CHURNOPS_WAREHOUSE", "").strip()
+        object.__setattr__(
+            self, "warehouse_path", Path(warehouse).resolve() if warehouse else self.data_dir / "warehouse.duckdb"
+        )
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        source_dir = os.environ.get("CHURNOPS_SOURCE_DIR", "").strip()
+        return cls(
+            data_dir=Path(_env("CHURNOPS_DATA_DIR", str(PROJECT_ROOT / ".churnops"))).resolve(),
+            start_date=dt.date.fromisoformat(_env("CHURNOPS_START_DATE", DEFAULT_START_DATE.isoformat())),
+            history_days=int(_env("CHURNOPS_HISTORY_DAYS", "120")),
+            n_users=int(_env("CHURNOPS_USERS", "5000")),
+            seed=int(_env("CHURNOPS_SEED", "42")),
+            source=_env("CHURNOPS_SOURCE", "synthetic"),
+            source_dir=Path(source_dir).resolve() if source_dir else None,
+            drift_from=_optional_date("CHURNOPS_DRIFT_FROM"),
+        )
+
+    @property
+    def history_end(self) -> dt.date:
+        """Last day of the default history: the range the bring-up command materializes."""
+        return self.start_date + dt.timedelta(days=self.history_days - 1)
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+    @property
+    def dbt_target_dir(self) -> Path:
+        return DBT_PROJECT_DIR / "target"
+
+    def dbt_env(self) -> dict[str, str]:
+        """What the dbt profile reads: the one absolute warehouse path Dagster also uses."""
+        return {"CHURNOPS_WAREHOUSE": str(self.warehouse_path), **TELEMETRY_OFF}
+
+
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,95 @@
+"""The dbt models as assets: staging, daily aggregates, features and labels.
+
+dbt builds partitioned models one partition window at a time (``min_date``/``max_date`` vars) and
+the rest whole, so the two live in separate ``@dbt_assets``. dbt tests become asset checks;
+error-severity ones are blocking. After dbt exits, each model's materialization gets its row
+count and date range from the warehouse, read when dbt no longer holds the file.
+"""
+
+import datetime as dt
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+from dagster_duckdb import DuckDBResource
+
+from churn_assets.partitions import daily_partitions
+from churn_assets.transform.project import dbt_project
+
+DAILY_MODELS = "int_user_daily_activity fct_user_features"
+DATE_COLUMNS = {
+    "int_user_daily_activity": "activity_date",
+    "fct_user_features": "snapshot_date",
+    "fct_churn_labels": "snapshot_date",
+    "stg_events": "event_date",
+    "stg_users": "signup_date",
+}
+
+
+class ChurnDbtTranslator(DagsterDbtTranslator):
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if unique_id.startswith("model."):
+            spec = spec.replace_attributes(group_name="transform")
+        return spec
+
+
+translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+def _with_table_stats(events: Iterator, warehouse: DuckDBResource) -> Iterator:
+    """Lets dbt finish (it holds the DuckDB file) before reading row counts and date ranges."""
+    collected = list(events)
+    with warehouse.get_connection() as con:
+        for event in collected:
+            if isinstance(event, dg.Output | dg.AssetMaterialization):
+                model = event.asset_key.path[-1] if isinstance(event, dg.AssetMaterialization) else event.output_name
+                event = event.with_metadata({**event.metadata, **_table_stats(con, model)})
+            yield event
+
+
+def _table_stats(con, model: str) -> dict[str, Any]:
+    relation = con.execute(
+        "SELECT table_schema FROM information_schema.tables WHERE table_name = ?", [model]
+    ).fetchone()
+    if relation is None:
+        return {}
+    table = f"{relation[0]}.{model}"
+    stats: dict[str, Any] = {"dagster/row_count": con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]}
+    if model in DATE_COLUMNS:
+        first, last = con.execute(f"SELECT min({DATE_COLUMNS[model]}), max({DATE_COLUMNS[model]}) FROM {table}").fetchone()
+        stats.update(first_date=str(first), last_date=str(last))
+    return stats
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    select=DAILY_MODELS,
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    dagster_dbt_translator=translator,
+    pool="duckdb",
+    name="dbt_daily_models",
+)
+def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+    """Daily aggregates and features for the partition window being run."""
+    window = context.partition_time_window
+    window_vars = {
+        "min_date": window.start.date().isoformat(),
+        "max_date": (window.end - dt.timedelta(days=1)).date().isoformat(),
+    }
+    yield from _with_table_stats(dbt.cli(["build", "--vars", json.dumps(window_vars)], context=context).stream(), warehouse)
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    exclude=DAILY_MODELS,
+    dagster_dbt_translator=translator,
+    pool="duckdb",
+    name="dbt_models",
+)
+def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+    """Staging views and the labels, which always cover the whole history."""
+    yield from _with_table_stats(dbt.cli(["build"], context=context).stream(), warehouse)
