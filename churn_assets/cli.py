@@ -15,16 +15,18 @@ def materialize_history(
     start: dt.date,
     end: dt.date,
     selection: str = "*",
+    *,
+    resources: dict | None = None,
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One in-process run over a partition range: one DuckDB writer, and one run in the UI, not N."""
     from churn_assets.definitions import defs
 
-    job = defs.resolve_implicit_global_asset_job_def()
-    selected = dg.AssetSelection.from_string(selection).resolve(defs.resolve_asset_graph())
-    return job.execute_in_process(
+    return dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        resources=resources if resources is not None else defs.resources,
         instance=instance or dg.DagsterInstance.get(),
-        asset_selection=list(selected),
         tags={
             "dagster/asset_partition_range_start": start.isoformat(),
             "dagster/asset_partition_range_end": end.isoformat(),

@@ -1,9 +1,11 @@
 """A deterministic stand-in for TechITFactory's production data.
 
-Each user gets hidden traits (a base engagement level and a churn day). Engagement, lessons and
-successful payments fade over the weeks before the churn day and stop after it, so churn is
-learnable from recent behaviour; base activity varies a lot between users, so quiet-but-loyal
-users and fading users overlap and the problem is not trivial.
+Each user gets hidden traits (a base engagement level, an intensity and a churn day). Most users
+fade over the weeks before the churn day and stop after it, so churn is learnable from recent
+behaviour. It is not trivial: some users leave abruptly, loyal users take breaks that look like
+fading, and both the lightest and the most intense learners leave sooner than the middle (a
+non-monotone effect a linear baseline cannot capture), and most users leave when they
+finish their course, so churn also peaks at a certain tenure.
 
 Every day is generated from its own seed (``seed``, day ordinal), so a partition can be
 regenerated alone and always yields the same frame, and generating day N never requires
@@ -25,6 +27,8 @@ SIGNUP_LEAD_DAYS = 180
 """Users sign up from this many days before the history start until its end."""
 
 BILLING_CYCLE_DAYS = 30
+COURSE_LENGTH_DAYS = 100
+"""Most users leave once they finish their course, around this many days after signup."""
 EVENT_ID_DAY_STRIDE = 1_000_000_000
 
 _PLAN_P = (0.6, 0.3, 0.1)
@@ -47,6 +51,8 @@ class Population:
     intensity: np.ndarray
     churn_day: np.ndarray
     fade_days: np.ndarray
+    break_start: np.ndarray
+    break_days: np.ndarray
     start_date: dt.date
 
     def users_frame(self) -> pd.DataFrame:
@@ -69,8 +75,16 @@ def population(n_users: int, start_date: dt.date, history_days: int, seed: int) 
     plan = rng.choice(len(PLANS), size=n_users, p=_PLAN_P)
     channel = rng.choice(len(CHANNELS), size=n_users, p=_CHANNEL_P)
     country = rng.choice(len(COUNTRIES), size=n_users, p=_COUNTRY_P)
-    mean_lifetime = _PLAN_LIFETIME_DAYS[plan] * _CHANNEL_LIFETIME_FACTOR[channel]
+    intensity = rng.lognormal(0.0, 0.45, size=n_users)
+    extremeness = np.abs(np.log(intensity)) / 0.45
+    mean_lifetime = _PLAN_LIFETIME_DAYS[plan] * _CHANNEL_LIFETIME_FACTOR[channel] / (0.15 + 2.5 * extremeness**2)
     lifetime = np.ceil(rng.exponential(mean_lifetime)).astype(np.int64) + 7
+    finishes_course = rng.random(n_users) < 0.6
+    course_days = np.clip(rng.normal(COURSE_LENGTH_DAYS, 4, size=n_users), 60, None).astype(np.int64)
+    lifetime = np.where(finishes_course, np.minimum(lifetime, course_days), lifetime)
+    abrupt = rng.random(n_users) < 0.7
+    fade_days = np.where(abrupt, rng.integers(1, 4, size=n_users), rng.integers(14, 40, size=n_users))
+    signup_to_break = rng.integers(7, 240, size=n_users)
     return Population(
         user_id=np.arange(1, n_users + 1, dtype=np.int64),
         signup_day=signup_day,
@@ -78,9 +92,11 @@ def population(n_users: int, start_date: dt.date, history_days: int, seed: int) 
         country=country,
         channel=channel,
         activity=np.clip(rng.beta(1.6, 2.2, size=n_users), 0.04, 0.95),
-        intensity=rng.lognormal(0.0, 0.45, size=n_users),
+        intensity=intensity,
         churn_day=signup_day + lifetime,
-        fade_days=rng.integers(10, 35, size=n_users),
+        fade_days=fade_days,
+        break_start=signup_day + signup_to_break,
+        break_days=np.where(rng.random(n_users) < 0.6, rng.integers(7, 40, size=n_users), 0),
         start_date=start_date,
     )
 
@@ -105,7 +121,8 @@ def generate_events(
     fade = np.clip(days_left / pop.fade_days[alive], 0.0, 1.0)
     fading = 0.15 + 0.85 * fade
     weekday_factor = 0.8 if day.weekday() >= 5 else 1.0
-    p_active = pop.activity[alive] * fading * weekday_factor
+    on_break = (day_index >= pop.break_start[alive]) & (day_index < pop.break_start[alive] + pop.break_days[alive])
+    p_active = pop.activity[alive] * fading * weekday_factor * np.where(on_break, 0.04, 1.0)
     if drifted:
         p_active = p_active * 0.85
     active = rng.random(alive.size) < p_active

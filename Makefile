@@ -1,0 +1,68 @@
+# churnops: `make up` brings the platform up, `make test` runs every test. Both install first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export CHURNOPS_DATA_DIR ?= $(CURDIR)/.churnops
+export DAGSTER_HOME ?= $(CHURNOPS_DATA_DIR)/dagster_home
+export CHURNOPS_WAREHOUSE ?= $(CHURNOPS_DATA_DIR)/warehouse.duckdb
+# Nothing may reach the internet at run time: every tool has its own switch.
+export DAGSTER_DISABLE_TELEMETRY := 1
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export BENTOML_DO_NOT_TRACK := true
+
+HOST ?= 127.0.0.1
+DAGSTER_PORT ?= 3000
+DOCS_PORT ?= 8080
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --frozen
+DBT := cd dbt_project && $(RUN) dbt
+
+.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv .tools && .tools/bin/pip install --quiet uv
+
+install: $(if $(findstring .tools,$(UV)),$(UV))  ## install the locked environment and parse the dbt project
+	$(UV) sync --frozen
+	$(MAKE) --no-print-directory manifest
+
+manifest:
+	$(DBT) parse --quiet
+
+up: install materialize ui  ## install, materialize the whole graph for the default history, start the Dagster UI
+
+materialize:  ## materialize the whole graph for the default history in one run
+	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(RUN) churnops materialize
+
+ui:  ## start the Dagster webserver and daemon on $(HOST):$(DAGSTER_PORT)
+	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)  (lineage: Assets > View global asset lineage)"
+	@echo "Warehouse:  $(CHURNOPS_WAREHOUSE)   dbt docs: make docs-serve"
+	$(RUN) dagster dev -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+
+test: install  ## run the whole test suite
+	$(RUN) pytest
+
+test-fast: install  ## run the tests not marked slow
+	$(RUN) pytest -m "not slow"
+
+validate: install  ## check that the Dagster definitions load
+	$(RUN) dagster definitions validate -w workspace.yaml
+
+docs: install  ## write the dbt docs site (feature definitions) to dbt_project/target
+	$(DBT) docs generate
+
+docs-serve: docs  ## serve the dbt docs on $(HOST):$(DOCS_PORT)
+	$(DBT) docs serve --host $(HOST) --port $(DOCS_PORT) --no-browser
+
+bench: install  ## run the pipeline benchmark (USERS=10000 by default)
+	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000)
+
+clean:  ## delete everything the platform wrote (the data dir and dbt artifacts)
+	rm -rf $(CHURNOPS_DATA_DIR) dbt_project/target dbt_project/logs
