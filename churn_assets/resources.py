@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import duckdb
 
 from dagster_dbt import DbtCliResource
 from dagster_duckdb import DuckDBResource
@@ -13,12 +17,28 @@ from churn_assets.ingest.sources import RawSource
 from churn_assets.settings import DBT_PROJECT_DIR, Settings
 
 
+class Warehouse(DuckDBResource):
+    """The DuckDB warehouse; unlike its parent it also closes the connection when a step fails.
+
+    Otherwise the failed step's connection stays open in the process and the next connection
+    to the file with other settings (a read-only reader, a test) is refused.
+    """
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with super().get_connection() as con:
+            try:
+                yield con
+            finally:
+                con.close()
+
+
 def build_resources(settings: Settings) -> dict:
     """Also exports the warehouse path: dbt runs as a subprocess and its profile reads it there."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(settings.dbt_env())
     return {
-        "warehouse": DuckDBResource(database=str(settings.warehouse_path)),
+        "warehouse": Warehouse(database=str(settings.warehouse_path)),
         "raw_source": RawSource(
             mode=settings.source,
             source_dir=str(settings.source_dir) if settings.source_dir else None,

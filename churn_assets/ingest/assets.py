@@ -10,7 +10,6 @@ import datetime as dt
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from churn_assets.ingest.schema import (
     EVENT_COLUMNS,
@@ -22,6 +21,7 @@ from churn_assets.ingest.schema import (
 from churn_assets.ingest.sources import RawSource
 from churn_assets.ingest.validation import Outcome, Rule, check_batch, event_rules, user_rules
 from churn_assets.partitions import daily_partitions
+from churn_assets.resources import Warehouse
 
 SAMPLE_SIZE = 5
 
@@ -77,7 +77,7 @@ def _preview(con: duckdb.DuckDBPyConnection, query: str) -> dg.MetadataValue:
     description="Every TechITFactory user with signup date, plan, country and acquisition channel "
     "(table raw.users), replaced whole on each load.",
 )
-def raw_users(context: dg.AssetExecutionContext, warehouse: DuckDBResource, raw_source: RawSource):
+def raw_users(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_source: RawSource):
     with warehouse.get_connection() as con:
         raw_source.stage_users(con, "staged_users")
         outcomes = check_batch(con, "staged_users", user_rules(dt.date.today()))
@@ -115,7 +115,7 @@ def raw_users(context: dg.AssetExecutionContext, warehouse: DuckDBResource, raw_
     description="Product events (logins, lessons, quizzes, video minutes, payments, support tickets), "
     "one partition per calendar day (table raw.events); re-loading a day replaces it.",
 )
-def raw_events(context: dg.AssetExecutionContext, warehouse: DuckDBResource, raw_source: RawSource):
+def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_source: RawSource):
     window = context.partition_time_window
     start, end = window.start.date(), window.end.date()
     with warehouse.get_connection() as con:

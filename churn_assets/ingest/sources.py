@@ -43,14 +43,18 @@ class RawSource(dg.ConfigurableResource):
         con.unregister("_users_frame")
 
     def stage_events(self, con: duckdb.DuckDBPyConnection, table: str, start: dt.date, end: dt.date) -> None:
-        """Events with a timestamp in [start, end), plus any whose timestamp does not parse."""
+        """Events with a timestamp in [start, end), plus any that belong to no past day.
+
+        Rows whose timestamp does not parse or lies in the future would otherwise never be in any
+        partition's window and vanish silently; staging them makes the checks reject the file.
+        """
         if self.mode == "files":
             scan = _file_scan(self._files("events"))
             columns = {row[0] for row in con.execute(f"DESCRIBE {scan}").fetchall()}
             where = ""
             if "event_ts" in columns:
                 ts = "TRY_CAST(event_ts AS TIMESTAMP)"
-                where = f"WHERE {ts} IS NULL OR ({ts} >= DATE '{start}' AND {ts} < DATE '{end}')"
+                where = f"WHERE {ts} IS NULL OR {ts} > now() OR ({ts} >= DATE '{start}' AND {ts} < DATE '{end}')"
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({scan}) {where}")
             return
         pop = synthetic.population(self.n_users, self._start, self.history_days, self.seed)

@@ -13,9 +13,9 @@ from typing import Any
 
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
-from dagster_duckdb import DuckDBResource
 
 from churn_assets.partitions import daily_partitions
+from churn_assets.resources import Warehouse
 from churn_assets.transform.project import dbt_project
 
 DAILY_MODELS = "int_user_daily_activity fct_user_features"
@@ -39,7 +39,7 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
 translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
 
-def _with_table_stats(events: Iterator, warehouse: DuckDBResource) -> Iterator:
+def _with_table_stats(events: Iterator, warehouse: Warehouse) -> Iterator:
     """Lets dbt finish (it holds the DuckDB file) before reading row counts and date ranges."""
     collected = list(events)
     with warehouse.get_connection() as con:
@@ -73,7 +73,7 @@ def _table_stats(con, model: str) -> dict[str, Any]:
     pool="duckdb",
     name="dbt_daily_models",
 )
-def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Daily aggregates and features for the partition window being run."""
     window = context.partition_time_window
     window_vars = {
@@ -90,6 +90,6 @@ def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, war
     pool="duckdb",
     name="dbt_models",
 )
-def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBResource):
+def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Staging views and the labels, which always cover the whole history."""
     yield from _with_table_stats(dbt.cli(["build"], context=context).stream(), warehouse)

@@ -1,0 +1,117 @@
+"""Bad raw data is stopped at the ingest checks with a message a person can act on, and nothing is lost."""
+
+import datetime as dt
+
+import pytest
+
+from churn_assets.ingest.schema import EVENTS_TABLE, USERS_TABLE
+
+DAY = dt.date(2026, 7, 1)
+GOOD_USERS = ["1,2026-06-01,pro,US,organic", "2,2026-06-20,free,IN,social"]
+GOOD_EVENTS = [
+    "1,1,login,2026-07-01 09:00:00,",
+    "2,1,video_minutes,2026-07-01 09:30:00,12.5",
+    "3,2,payment,2026-07-01 10:00:00,29",
+]
+EVENTS_NO_VALUE = "event_id,user_id,event_type,event_ts"
+
+
+def _rejected(result, asset: str):
+    """The failed check evaluations of ``asset``, after asserting the run stopped there."""
+    assert not result.success
+    failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failed_steps == [asset]
+    return [c for c in result.get_asset_check_evaluations() if c.asset_key.to_user_string() == asset and not c.passed]
+
+
+@pytest.fixture
+def loaded(platform, source_files):
+    """A platform whose raw tables hold one good day."""
+    platform.use_files(source_files.write(GOOD_USERS, GOOD_EVENTS))
+    assert platform.materialize(DAY, DAY, "group:ingest").success
+    return platform
+
+
+EVENT_CASES = {
+    "missing column": (EVENTS_NO_VALUE, ["1,1,login,2026-07-01 09:00:00"], "events_column_types", ["missing required column(s): value"]),
+    "unparseable timestamp": (None, ["1,1,login,2026-07-01 09:00:00,", "2,1,login,yesterday,"], "events_column_types", ["column event_ts", "events.csv row 2", "'yesterday'"]),
+    "text in a number column": (None, ["1,one,login,2026-07-01 09:00:00,"], "events_column_types", ["column user_id", "events.csv row 1", "'one'"]),
+    "missing user": (None, ["1,1,login,2026-07-01 09:00:00,", "2,,login,2026-07-01 09:00:00,"], "events_keys_not_null", ["user_id", "events.csv row 2"]),
+    "unknown event type": (None, ["1,1,logn,2026-07-01 09:00:00,"], "events_known_types", ["column event_type", "events.csv row 1"]),
+    "duplicate event id": (None, ["7,1,login,2026-07-01 09:00:00,", "7,2,login,2026-07-01 10:00:00,"], "events_unique_ids", ["column event_id", "events.csv row 1", "events.csv row 2"]),
+    "timestamp in the future": (None, ["1,1,login,2099-07-01 09:00:00,"], "events_not_in_future", ["column event_ts", "events.csv row 1"]),
+    "negative minutes": (None, ["1,1,video_minutes,2026-07-01 09:00:00,-5"], "events_values_in_range", ["column value", "events.csv row 1"]),
+    "not a number": (None, ["1,1,video_minutes,2026-07-01 09:00:00,nan"], "events_values_in_range", ["column value", "events.csv row 1"]),
+    "payment without amount": (None, ["1,1,payment,2026-07-01 09:00:00,"], "events_values_in_range", ["column value", "events.csv row 1"]),
+}
+
+
+@pytest.mark.parametrize("case", EVENT_CASES, ids=list(EVENT_CASES))
+def test_bad_events_are_rejected_with_the_column_and_rows_named(loaded, source_files, case):
+    header, rows, rule, fragments = EVENT_CASES[case]
+    before = loaded.query(f"SELECT * EXCLUDE (_loaded_at) FROM {EVENTS_TABLE} ORDER BY event_id")
+    source_files.write(events=rows, **({"events_header": header} if header else {}))
+
+    failed = _rejected(loaded.materialize(DAY, DAY, "raw_events"), "raw_events")
+
+    messages = {c.check_name: c.description for c in failed}
+    assert rule in messages, f"{rule} should fail, failed: {messages}"
+    for fragment in fragments:
+        assert fragment in messages[rule]
+    after = loaded.query(f"SELECT * EXCLUDE (_loaded_at) FROM {EVENTS_TABLE} ORDER BY event_id")
+    assert after == before, "the last good events must survive a rejected load"
+
+
+USER_CASES = {
+    "unknown plan": (["1,2026-06-01,gold,US,organic"], "users_known_plans", ["column plan", "users.csv row 1"]),
+    "duplicate user": (["1,2026-06-01,pro,US,organic", "1,2026-06-02,free,US,organic"], "users_unique_ids", ["column user_id", "users.csv row 2"]),
+    "impossible date": (["1,2026-13-01,pro,US,organic"], "users_column_types", ["column signup_date", "users.csv row 1", "'2026-13-01'"]),
+    "signup in the future": (["1,2099-01-01,pro,US,organic"], "users_signup_not_in_future", ["column signup_date", "users.csv row 1"]),
+}
+
+
+@pytest.mark.parametrize("case", USER_CASES, ids=list(USER_CASES))
+def test_bad_users_are_rejected_with_the_column_and_rows_named(loaded, source_files, case):
+    rows, rule, fragments = USER_CASES[case]
+    before = loaded.query(f"SELECT * EXCLUDE (_loaded_at) FROM {USERS_TABLE} ORDER BY user_id")
+    source_files.write(users=rows)
+
+    failed = _rejected(loaded.materialize(DAY, DAY, "raw_users"), "raw_users")
+
+    messages = {c.check_name: c.description for c in failed}
+    assert rule in messages, f"{rule} should fail, failed: {messages}"
+    for fragment in fragments:
+        assert fragment in messages[rule]
+    assert loaded.query(f"SELECT * EXCLUDE (_loaded_at) FROM {USERS_TABLE} ORDER BY user_id") == before
+
+
+def test_the_run_failure_says_nothing_was_published(loaded, source_files):
+    source_files.write(events=["1,1,logn,2026-07-01 09:00:00,"])
+    result = loaded.materialize(DAY, DAY, "raw_events")
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.user_failure_data.description
+    assert "nothing was published" in message
+    assert "events_known_types" in message
+
+
+def test_a_missing_source_file_is_named(platform, source_files):
+    platform.use_files(source_files.write(users=GOOD_USERS))
+    result = platform.materialize(DAY, DAY, "raw_events")
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no events file" in failure.step_failure_data.user_failure_data.description
+
+
+@pytest.mark.slow
+def test_a_broken_file_stops_the_graph_and_keeps_the_last_good_features(platform, source_files):
+    platform.use_files(source_files.write(GOOD_USERS, GOOD_EVENTS))
+    assert platform.materialize(DAY, DAY).success
+    features_before = platform.query("SELECT * FROM marts.fct_user_features ORDER BY ALL")
+    assert features_before, "the good day produces features"
+
+    source_files.write(events=[*GOOD_EVENTS, "4,2,login,not-a-time,"])
+    result = platform.materialize(DAY, DAY)
+
+    _rejected(result, "raw_events")
+    skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
+    assert "dbt_daily_models" in skipped
+    assert platform.query("SELECT * FROM marts.fct_user_features ORDER BY ALL") == features_before
