@@ -1,0 +1,102 @@
+"""The code location loads, is laid out by lifecycle stage, and documents itself."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from churn_assets.ingest.schema import EVENT_TYPES, PLANS
+from churn_assets.settings import DBT_PROJECT_DIR, PROJECT_ROOT
+
+EXPECTED_GROUPS = {
+    "raw_users": "ingest",
+    "raw_events": "ingest",
+    "stg_users": "transform",
+    "stg_events": "transform",
+    "int_user_daily_activity": "transform",
+    "fct_user_features": "transform",
+    "fct_churn_labels": "transform",
+}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    from churn_assets.definitions import defs
+
+    return defs.resolve_asset_graph()
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads((DBT_PROJECT_DIR / "target" / "manifest.json").read_text())
+
+
+def test_every_asset_sits_in_its_lifecycle_group(graph):
+    groups = {key.path[-1]: graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    for asset, group in EXPECTED_GROUPS.items():
+        assert groups.get(asset) == group, f"{asset} should be in group {group}"
+
+
+def test_every_asset_has_a_description(graph):
+    missing = [k.to_user_string() for k in graph.get_all_asset_keys() if not graph.get(k).description]
+    assert not missing
+
+
+def test_lineage_runs_from_raw_events_to_labels(graph):
+    upstream = graph.get(dg.AssetKey(["marts", "fct_churn_labels"])).parent_keys
+    assert dg.AssetKey(["marts", "fct_user_features"]) in upstream
+    staging_events = graph.get(dg.AssetKey(["staging", "stg_events"]))
+    assert dg.AssetKey("raw_events") in staging_events.parent_keys
+
+
+def test_raw_checks_are_blocking(graph):
+    specs = list(graph.get(dg.AssetKey("raw_events")).check_keys)
+    assert specs
+    assert all(graph.get_check_spec(k).blocking for k in specs)
+
+
+def test_every_dbt_model_and_column_is_described(manifest):
+    models = [n for n in manifest["nodes"].values() if n["resource_type"] == "model"]
+    assert len(models) == 5
+    for model in models:
+        assert model["description"].strip(), f"{model['name']} has no description"
+        assert model["columns"], f"{model['name']} documents no columns"
+        for name, column in model["columns"].items():
+            assert column["description"].strip(), f"{model['name']}.{name} has no description"
+
+
+def test_every_mart_is_tested(manifest):
+    tested = {dep for n in manifest["nodes"].values() if n["resource_type"] == "test" for dep in n["depends_on"]["nodes"]}
+    marts = [n for n in manifest["nodes"].values() if n["resource_type"] == "model" and "marts" in n["fqn"]]
+    assert marts
+    assert all(m["unique_id"] in tested for m in marts)
+
+
+def _accepted_values(path: Path, column: str) -> list:
+    model = yaml.safe_load(path.read_text())["models"][0]
+    column_spec = next(c for c in model["columns"] if c["name"] == column)
+    test = next(t for t in column_spec["data_tests"] if isinstance(t, dict) and "accepted_values" in t)
+    return test["accepted_values"]["arguments"]["values"]
+
+
+def test_dbt_accepts_exactly_the_contract_values():
+    models = DBT_PROJECT_DIR / "models"
+    assert _accepted_values(models / "staging" / "stg_events.yml", "event_type") == list(EVENT_TYPES)
+    assert _accepted_values(models / "staging" / "stg_users.yml", "plan") == list(PLANS)
+    assert _accepted_values(models / "marts" / "fct_user_features.yml", "plan") == list(PLANS)
+
+
+@pytest.mark.slow
+def test_dagster_validates_the_workspace():
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
