@@ -1,6 +1,8 @@
 """The code location loads, is laid out by lifecycle stage, and documents itself."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,10 +93,12 @@ def test_dbt_accepts_exactly_the_contract_values():
 
 
 @pytest.mark.slow
-def test_dagster_validates_the_workspace():
+def test_dagster_validates_the_workspace_on_our_instance_config(tmp_path):
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
         cwd=PROJECT_ROOT,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=300,
