@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from churn_assets.ingest.sources import RawSource
 from churn_assets.settings import DBT_PROJECT_DIR, Settings
+from churn_assets.train.registry import ModelRegistry
 
 
 class Warehouse(DuckDBResource):
@@ -47,6 +48,10 @@ def build_resources(settings: Settings) -> dict:
             history_days=settings.history_days,
             seed=settings.seed,
             drift_from=settings.drift_from.isoformat() if settings.drift_from else None,
+        ),
+        "registry": ModelRegistry(
+            tracking_uri=settings.mlflow_tracking_uri,
+            artifact_location=settings.mlflow_artifact_location,
         ),
         "dbt": DbtCliResource(
             project_dir=str(DBT_PROJECT_DIR),

@@ -17,6 +17,11 @@ DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 
 DEFAULT_START_DATE = dt.date(2026, 7, 1)
 
+MODEL_NAME = "churn-model"
+"""The registered model in MLflow and the model's name in the BentoML store."""
+CHAMPION_ALIAS = "champion"
+EXPERIMENT_NAME = "churnops"
+
 TELEMETRY_OFF = {
     "DAGSTER_DISABLE_TELEMETRY": "1",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
@@ -46,6 +51,14 @@ class Settings:
     source: str
     source_dir: Path | None
     drift_from: dt.date | None
+    holdout_days: int = 14
+    snapshot_stride_days: int = 7
+    min_roc_auc: float = 0.75
+    promotion_margin: float = 0.002
+    decision_threshold: float = 0.5
+    high_risk_threshold: float = 0.6
+    medium_risk_threshold: float = 0.3
+    high_risk_top_n: int = 200
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,6 +83,14 @@ class Settings:
             source=_env("CHURNOPS_SOURCE", "synthetic"),
             source_dir=Path(source_dir).resolve() if source_dir else None,
             drift_from=_optional_date("CHURNOPS_DRIFT_FROM"),
+            holdout_days=int(_env("CHURNOPS_HOLDOUT_DAYS", "14")),
+            snapshot_stride_days=int(_env("CHURNOPS_SNAPSHOT_STRIDE_DAYS", "7")),
+            min_roc_auc=float(_env("CHURNOPS_MIN_ROC_AUC", "0.75")),
+            promotion_margin=float(_env("CHURNOPS_PROMOTION_MARGIN", "0.002")),
+            decision_threshold=float(_env("CHURNOPS_DECISION_THRESHOLD", "0.5")),
+            high_risk_threshold=float(_env("CHURNOPS_HIGH_RISK_THRESHOLD", "0.6")),
+            medium_risk_threshold=float(_env("CHURNOPS_MEDIUM_RISK_THRESHOLD", "0.3")),
+            high_risk_top_n=int(_env("CHURNOPS_HIGH_RISK_TOP_N", "200")),
         )
 
     @property
@@ -82,8 +103,24 @@ class Settings:
         return self.data_dir / "dagster_home"
 
     @property
-    def dbt_target_dir(self) -> Path:
-        return DBT_PROJECT_DIR / "target"
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.mlflow_dir / "artifacts").as_uri()
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.data_dir / "training"
 
     def dbt_env(self) -> dict[str, str]:
         """What the dbt profile reads: the one absolute warehouse path Dagster also uses."""

@@ -1,0 +1,75 @@
+"""The feature contract between training and serving.
+
+The ordered feature columns the model is trained on, read from ``fct_user_features``, and the
+pydantic record the service validates requests against are both defined here, so they cannot
+drift apart. Deliberately free of heavy imports: the BentoML service imports this module
+without Dagster, dbt or the warehouse.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from churn_assets.ingest.schema import PLANS
+
+COUNT_FEATURES: dict[str, int] = {
+    "active_days_7d": 7,
+    "active_days_14d": 14,
+    "active_days_30d": 30,
+    "engagement_events_7d": 100_000,
+    "engagement_events_14d": 100_000,
+    "engagement_events_30d": 100_000,
+    "lesson_views_7d": 100_000,
+    "lesson_views_14d": 100_000,
+    "lesson_views_30d": 100_000,
+    "quiz_attempts_7d": 100_000,
+    "quiz_attempts_30d": 100_000,
+    "days_since_last_activity": 29,
+    "tenure_days": 100_000,
+    "payments_30d": 1_000,
+    "failed_payments_30d": 1_000,
+    "days_since_last_payment": 365,
+    "support_tickets_30d": 1_000,
+}
+"""Integer features and their largest valid value (the smallest is 0 for all)."""
+
+AMOUNT_FEATURES: dict[str, float] = {
+    "video_minutes_7d": 7 * 1440.0,
+    "video_minutes_14d": 14 * 1440.0,
+    "video_minutes_30d": 30 * 1440.0,
+    "engagement_trend_7d_30d": 30 / 7,
+    "lesson_trend_7d_30d": 30 / 7,
+}
+"""Real-valued features and their largest valid value (the smallest is 0 for all)."""
+
+NUMERIC_FEATURES: tuple[str, ...] = (*COUNT_FEATURES, *AMOUNT_FEATURES)
+CATEGORICAL_FEATURES: tuple[str, ...] = ("plan",)
+FEATURE_COLUMNS: tuple[str, ...] = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
+"""The model's input columns, in order."""
+
+KEY_COLUMNS = ("user_id", "snapshot_date")
+LABEL_COLUMN = "churned"
+
+
+class _RecordBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _field_definitions() -> dict:
+    fields: dict = {}
+    for name, upper in COUNT_FEATURES.items():
+        fields[name] = (int, Field(ge=0, le=upper, strict=True))
+    for name, upper in AMOUNT_FEATURES.items():
+        fields[name] = (float, Field(ge=0, le=round(upper, 4) + 1e-4, allow_inf_nan=False))
+    fields["plan"] = (Literal[PLANS], Field(description="Subscription plan."))  # type: ignore[valid-type]
+    return fields
+
+
+FeatureRecord: type[BaseModel] = create_model(
+    "FeatureRecord",
+    __base__=_RecordBase,
+    __doc__="One user's features as of a snapshot date, exactly the model's input columns.",
+    **_field_definitions(),
+)

@@ -1,0 +1,238 @@
+"""``training_set`` → ``churn_model`` → ``production_model``: train, track, register, gate.
+
+Every candidate is an MLflow run with its parameters, metrics, datasets, provenance tags, model
+(with signature) and plots; the best on the holdout becomes a new registered version. A version
+below the absolute floors fails a blocking check, so the gate never sees it. The gate compares
+the new version with the champion on the same holdout and moves the ``champion`` alias only when
+the new one is better by the margin; either way its decision is recorded in Dagster and MLflow.
+"""
+
+import hashlib
+import subprocess
+import tempfile
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
+from churn_assets.resources import Warehouse
+from churn_assets.settings import DBT_PROJECT_DIR, PROJECT_ROOT, get_settings
+from churn_assets.train.candidates import CANDIDATES, Evaluation, evaluate
+from churn_assets.train.dataset import NotEnoughHistory, load_labelled_features, time_split
+from churn_assets.train.plots import markdown_image, save_plots
+from churn_assets.train.promotion import decide
+from churn_assets.train.registry import SKOPS_TRUSTED_TYPES, ModelRegistry
+
+FEATURES_KEY = dg.AssetKey(["marts", "fct_user_features"])
+LABELS_KEY = dg.AssetKey(["marts", "fct_churn_labels"])
+TRAINING_SET_FILE = "training_set.parquet"
+
+
+def training_set_path() -> Path:
+    return get_settings().training_dir / TRAINING_SET_FILE
+
+
+def read_split(name: str) -> pd.DataFrame:
+    frame = pd.read_parquet(training_set_path())
+    return frame[frame["split"] == name]
+
+
+@dg.asset(
+    group_name="train",
+    deps=[FEATURES_KEY, LABELS_KEY],
+    pool="duckdb",
+    kinds={"python", "parquet"},
+    description="Labelled feature rows split by time: train on earlier snapshots, hold out the "
+    "latest labelled days, with a 30-day embargo between them so no label sees the holdout period.",
+)
+def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    settings = get_settings()
+    with warehouse.get_connection() as con:
+        frame = load_labelled_features(con)
+    if frame.empty:
+        raise dg.Failure(description="no labelled snapshots yet: fct_churn_labels is empty")
+    try:
+        split, dates = time_split(frame, settings.holdout_days, settings.snapshot_stride_days)
+    except NotEnoughHistory as error:
+        raise dg.Failure(description=str(error)) from error
+    path = training_set_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split.to_parquet(path, index=False)
+    summary = split.groupby("split").agg(rows=(LABEL_COLUMN, "size"), churn_rate=(LABEL_COLUMN, "mean"))
+    return dg.MaterializeResult(
+        metadata={
+            **dates.as_metadata(),
+            "dagster/row_count": len(split),
+            "train_rows": int(summary.loc["train", "rows"]),
+            "holdout_rows": int(summary.loc["holdout", "rows"]),
+            "train_churn_rate": float(summary.loc["train", "churn_rate"]),
+            "holdout_churn_rate": float(summary.loc["holdout", "churn_rate"]),
+            "snapshot_stride_days": settings.snapshot_stride_days,
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+def _provenance() -> dict[str, str]:
+    manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    return {
+        "dbt_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else "none",
+        "git_commit": commit.stdout.strip() if commit.returncode == 0 else "unknown",
+    }
+
+
+def _log_candidate(name, model, evaluation: Evaluation, train, holdout, tags, seed, threshold) -> tuple[str, str, dict]:
+    """One MLflow run for one candidate; returns its run id, model URI and plot files."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    features = list(FEATURE_COLUMNS)
+    with mlflow.start_run(run_name=name) as run:
+        params = {k: v for k, v in model.named_steps["model"].get_params().items() if isinstance(v, int | float | str | bool)}
+        mlflow.log_params({"candidate": name, "decision_threshold": threshold, **params})
+        mlflow.log_metrics(evaluation.metrics)
+        mlflow.log_dict({"threshold": threshold, "labels": [False, True], "matrix": evaluation.confusion}, "confusion_matrix.json")
+        mlflow.set_tags({"candidate": name, **tags})
+        for context, frame in (("training", train), ("holdout", holdout)):
+            dataset = mlflow.data.from_pandas(frame[[*features, LABEL_COLUMN]], name=f"{context}_set", targets=LABEL_COLUMN)
+            mlflow.log_input(dataset, context=context)
+        example = train[features].head(100)
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict_proba(example)[:, 1]),
+            input_example=train[features].head(3),
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        )
+        plot_dir = Path(tempfile.mkdtemp(prefix=f"churnops-{name}-"))
+        plots = save_plots(model, holdout, holdout[LABEL_COLUMN], evaluation.probabilities, plot_dir, seed)
+        mlflow.log_artifacts(str(plot_dir), artifact_path="plots")
+    return run.info.run_id, info.model_uri, plots
+
+
+@dg.asset(
+    group_name="train",
+    deps=[training_set],
+    kinds={"scikitlearn", "mlflow"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "meets_floors",
+            asset="churn_model",
+            blocking=True,
+            description="The registered version's holdout ROC-AUC reaches the absolute floor (CHURNOPS_MIN_ROC_AUC).",
+        )
+    ],
+    description="Trains a logistic-regression baseline and a gradient-boosted challenger, tracks "
+    "both in MLflow, and registers the better one (holdout ROC-AUC) as a new version of churn-model.",
+)
+def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
+    import mlflow
+
+    settings = get_settings()
+    train, holdout = read_split("train"), read_split("holdout")
+    experiment_id = registry.activate()
+    mlflow.set_experiment(experiment_id=experiment_id)
+    tags = {**_provenance(), "dagster_run_id": context.run.run_id}
+    results = {}
+    for name, build in CANDIDATES.items():
+        model = build(settings.seed).fit(train[list(FEATURE_COLUMNS)], train[LABEL_COLUMN])
+        evaluation = evaluate(model, holdout, holdout[LABEL_COLUMN], settings.decision_threshold)
+        run_id, model_uri, plots = _log_candidate(
+            name, model, evaluation, train, holdout, tags, settings.seed, settings.decision_threshold
+        )
+        results[name] = (evaluation, run_id, model_uri, plots)
+        context.log.info(f"{name}: holdout ROC-AUC {evaluation.metrics['roc_auc']:.4f}")
+
+    best = max(results, key=lambda n: results[n][0].metrics["roc_auc"])
+    evaluation, run_id, model_uri, plots = results[best]
+    version = mlflow.register_model(model_uri, registry.model_name)
+    client = registry.client()
+    for key, value in {"candidate": best, "run_id": run_id, **tags, **evaluation.metrics}.items():
+        client.set_model_version_tag(registry.model_name, version.version, key, str(value))
+
+    table = pd.DataFrame({n: r[0].metrics for n, r in results.items()}).T.round(4)
+    roc_auc = evaluation.metrics["roc_auc"]
+    yield dg.MaterializeResult(
+        metadata={
+            "model_name": registry.model_name,
+            "version": int(version.version),
+            "candidate": best,
+            "roc_auc": roc_auc,
+            "pr_auc": evaluation.metrics["pr_auc"],
+            "metrics": dg.MetadataValue.md(table.to_markdown()),
+            "confusion_matrix": dg.MetadataValue.md(
+                pd.DataFrame(evaluation.confusion, index=["actual stay", "actual churn"], columns=["predicted stay", "predicted churn"]).to_markdown()
+            ),
+            "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, run_id)),
+            "plots": dg.MetadataValue.md(
+                "\n\n".join(markdown_image(plots[p], p) for p in ("roc_curve", "feature_importance"))
+            ),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="meets_floors",
+        passed=roc_auc >= settings.min_roc_auc,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"version {version.version} ({best}): holdout ROC-AUC {roc_auc:.4f}, floor {settings.min_roc_auc:.4f}",
+        metadata={"roc_auc": roc_auc, "floor": settings.min_roc_auc},
+    )
+
+
+def _holdout_auc(registry: ModelRegistry, version: str, holdout: pd.DataFrame) -> float:
+    model = registry.load(version)
+    return float(roc_auc_score(holdout[LABEL_COLUMN], model.predict_proba(holdout[list(FEATURE_COLUMNS)])[:, 1]))
+
+
+@dg.asset(
+    group_name="train",
+    deps=[churn_model],
+    kinds={"mlflow"},
+    description="The promotion gate: moves churn-model@champion to the newest version only if it "
+    "passes the floors and beats the champion on the same holdout by the configured margin.",
+)
+def production_model(context: dg.AssetExecutionContext, registry: ModelRegistry) -> dg.MaterializeResult:
+    settings = get_settings()
+    holdout = read_split("holdout")
+    candidate = registry.latest_version()
+    if candidate is None:
+        raise dg.Failure(description=f"{registry.model_name} has no registered version to consider")
+    champion = registry.champion()
+    candidate_auc = _holdout_auc(registry, candidate.version, holdout)
+    champion_auc = None
+    if champion is not None and champion.version != candidate.version:
+        champion_auc = _holdout_auc(registry, champion.version, holdout)
+    if champion is not None and champion.version == candidate.version:
+        promote, reason = False, f"version {candidate.version} is already the champion"
+    else:
+        decision = decide(candidate_auc, champion_auc, settings.min_roc_auc, settings.promotion_margin)
+        promote, reason = decision.promote, decision.reason
+    if promote:
+        registry.promote(candidate.version)
+    gate = {
+        "gate_decision": "promoted" if promote else "kept_champion",
+        "gate_reason": reason,
+        "gate_roc_auc": f"{candidate_auc:.6f}",
+        "gate_champion_version": champion.version if champion else "none",
+        "gate_champion_roc_auc": f"{champion_auc:.6f}" if champion_auc is not None else "none",
+    }
+    client = registry.client()
+    for key, value in gate.items():
+        client.set_model_version_tag(registry.model_name, candidate.version, key, str(value))
+    current = registry.champion()
+    context.log.info(f"gate: {gate['gate_decision']}: {reason}")
+    return dg.MaterializeResult(
+        metadata={
+            "decision": gate["gate_decision"],
+            "reason": reason,
+            "candidate_version": int(candidate.version),
+            "candidate_roc_auc": candidate_auc,
+            "previous_champion_version": int(champion.version) if champion else None,
+            "previous_champion_roc_auc": champion_auc,
+            "champion_version": int(current.version) if current else None,
+            "holdout_rows": len(holdout),
+        }
+    )
