@@ -73,3 +73,16 @@ FeatureRecord: type[BaseModel] = create_model(
     __doc__="One user's features as of a snapshot date, exactly the model's input columns.",
     **_field_definitions(),
 )
+
+
+RISK_TIERS = ("low", "medium", "high")
+
+
+def risk_tiers(probabilities, medium_threshold: float, high_threshold: float):
+    """The intervention tier of each churn probability: high >= high_threshold > medium >= medium_threshold."""
+    import numpy as np
+
+    probabilities = np.asarray(probabilities)
+    return np.select(
+        [probabilities >= high_threshold, probabilities >= medium_threshold], ["high", "medium"], default="low"
+    )
