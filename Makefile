@@ -15,11 +15,12 @@ export BENTOML_DO_NOT_TRACK := true
 HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 DOCS_PORT ?= 8080
+MLFLOW_PORT ?= 5000
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 DBT := cd dbt_project && $(RUN) dbt
 
-.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve bench clean
+.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve mlflow-ui champion-history rollback bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +61,16 @@ docs: install  ## write the dbt docs site (feature definitions) to dbt_project/t
 
 docs-serve: docs  ## serve the dbt docs on $(HOST):$(DOCS_PORT)
 	$(DBT) docs serve --host $(HOST) --port $(DOCS_PORT) --no-browser
+
+mlflow-ui:  ## the MLflow UI on $(HOST):$(MLFLOW_PORT), on the platform's tracking store
+	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CHURNOPS_DATA_DIR)/mlflow/mlflow.db \
+		--default-artifact-root file://$(CHURNOPS_DATA_DIR)/mlflow/artifacts --host $(HOST) --port $(MLFLOW_PORT)
+
+champion-history:  ## list every champion model version, newest first
+	$(RUN) churnops champion-history
+
+rollback:  ## move the champion alias back to the previous champion
+	$(RUN) churnops rollback
 
 bench: install  ## run the pipeline benchmark (USERS=10000 by default)
 	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000)

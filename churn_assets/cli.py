@@ -48,6 +48,39 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     return 0 if result.success and not failed_checks else 1
 
 
+def _registry():
+    from churn_assets.resources import build_resources
+
+    return build_resources(get_settings())["registry"]
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    registry = _registry()
+    champion = registry.champion()
+    entries = registry.history()
+    if not entries:
+        print(f"{registry.model_name} has had no champion yet")
+        return 0
+    print(f"{'version':>7}  {'champion since':<32}  {'roc_auc':<8}  status")
+    for entry in entries:
+        status = "champion" if champion and int(champion.version) == entry.version else ""
+        status = status or (f"rolled back {entry.rolled_back}" if entry.rolled_back else "previous")
+        print(f"{entry.version:>7}  {entry.since:<32}  {entry.roc_auc[:8]:<8}  {status}")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    registry = _registry()
+    try:
+        old, new = registry.rollback()
+    except ValueError as error:
+        print(f"cannot roll back: {error}", file=sys.stderr)
+        return 1
+    print(f"{registry.model_name}@champion: version {old} -> version {new}")
+    print("re-materialize churn_scores (and bento_model) to serve and score with it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="churnops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("--start", help="first day (default: CHURNOPS_START_DATE)")
     materialize.add_argument("--end", help="last day (default: the end of the default history)")
     materialize.set_defaults(func=_cmd_materialize)
+    commands.add_parser("champion-history", help="list every champion, newest first").set_defaults(func=_cmd_history)
+    commands.add_parser("rollback", help="move the champion alias back to the previous champion").set_defaults(
+        func=_cmd_rollback
+    )
     args = parser.parse_args(argv)
     return args.func(args)
 
