@@ -52,7 +52,7 @@ class Settings:
     source_dir: Path | None
     drift_from: dt.date | None
     holdout_days: int = 14
-    snapshot_stride_days: int = 7
+    snapshot_stride_days: int = 1
     min_roc_auc: float = 0.75
     promotion_margin: float = 0.002
     decision_threshold: float = 0.5
@@ -84,7 +84,7 @@ class Settings:
             source_dir=Path(source_dir).resolve() if source_dir else None,
             drift_from=_optional_date("CHURNOPS_DRIFT_FROM"),
             holdout_days=int(_env("CHURNOPS_HOLDOUT_DAYS", "14")),
-            snapshot_stride_days=int(_env("CHURNOPS_SNAPSHOT_STRIDE_DAYS", "7")),
+            snapshot_stride_days=int(_env("CHURNOPS_SNAPSHOT_STRIDE_DAYS", "1")),
             min_roc_auc=float(_env("CHURNOPS_MIN_ROC_AUC", "0.75")),
             promotion_margin=float(_env("CHURNOPS_PROMOTION_MARGIN", "0.002")),
             decision_threshold=float(_env("CHURNOPS_DECISION_THRESHOLD", "0.5")),
