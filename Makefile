@@ -5,6 +5,7 @@ SHELL := /bin/bash
 export CHURNOPS_DATA_DIR ?= $(CURDIR)/.churnops
 export DAGSTER_HOME ?= $(CHURNOPS_DATA_DIR)/dagster_home
 export CHURNOPS_WAREHOUSE ?= $(CHURNOPS_DATA_DIR)/warehouse.duckdb
+export BENTOML_HOME ?= $(CHURNOPS_DATA_DIR)/bentoml
 # Nothing may reach the internet at run time: every tool has its own switch.
 export DAGSTER_DISABLE_TELEMETRY := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
@@ -16,11 +17,12 @@ HOST ?= 127.0.0.1
 DAGSTER_PORT ?= 3000
 DOCS_PORT ?= 8080
 MLFLOW_PORT ?= 5000
+SERVICE_PORT ?= 3001
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 DBT := cd dbt_project && $(RUN) dbt
 
-.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve mlflow-ui champion-history rollback bench clean
+.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui champion-history rollback bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,7 +37,11 @@ install: $(if $(findstring .tools,$(UV)),$(UV))  ## install the locked environme
 manifest:
 	$(DBT) parse --quiet
 
-up: install materialize ui  ## install, materialize the whole graph for the default history, start the Dagster UI
+up: install materialize  ## install, materialize the whole graph, start the churn service and the Dagster UI
+	@$(RUN) bentoml serve bento.service:ChurnService --host $(HOST) --port $(SERVICE_PORT) > $(CHURNOPS_DATA_DIR)/service.log 2>&1 & \
+	  trap "kill $$! 2>/dev/null" EXIT; \
+	  echo "Churn service: http://$(HOST):$(SERVICE_PORT)  (Swagger UI at /, OpenAPI at /docs.json, log in $(CHURNOPS_DATA_DIR)/service.log)"; \
+	  $(MAKE) --no-print-directory ui
 
 materialize:  ## materialize the whole graph for the default history in one run
 	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
@@ -61,6 +67,12 @@ docs: install  ## write the dbt docs site (feature definitions) to dbt_project/t
 
 docs-serve: docs  ## serve the dbt docs on $(HOST):$(DOCS_PORT)
 	$(DBT) docs serve --host $(HOST) --port $(DOCS_PORT) --no-browser
+
+serve:  ## serve the champion over HTTP on $(HOST):$(SERVICE_PORT) (after the graph has run)
+	$(RUN) bentoml serve bento.service:ChurnService --host $(HOST) --port $(SERVICE_PORT)
+
+bento:  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_service:latest` needs Docker
+	$(RUN) bentoml build -f bento/bentofile.yaml .
 
 mlflow-ui:  ## the MLflow UI on $(HOST):$(MLFLOW_PORT), on the platform's tracking store
 	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CHURNOPS_DATA_DIR)/mlflow/mlflow.db \

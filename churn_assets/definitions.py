@@ -5,12 +5,13 @@ import dagster as dg
 from churn_assets.ingest.assets import raw_events, raw_users
 from churn_assets.resources import build_resources
 from churn_assets.score.assets import churn_scores, high_risk_users
+from churn_assets.serve.assets import bento_model
 from churn_assets.settings import get_settings
 from churn_assets.train.assets import churn_model, production_model, training_set
 from churn_assets.transform.assets import dbt_daily_models, dbt_models
 
 defs = dg.Definitions(
     assets=[raw_users, raw_events, dbt_models, dbt_daily_models, training_set, churn_model, production_model,
-            churn_scores, high_risk_users],
+            churn_scores, high_risk_users, bento_model],
     resources=build_resources(get_settings()),
 )

@@ -35,9 +35,9 @@ class Warehouse(DuckDBResource):
 
 
 def build_resources(settings: Settings) -> dict:
-    """Also exports the warehouse path: dbt runs as a subprocess and its profile reads it there."""
+    """Also exports the paths child processes read (dbt's profile, the BentoML store)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.update(settings.dbt_env())
+    os.environ.update(settings.subprocess_env())
     return {
         "warehouse": Warehouse(database=str(settings.warehouse_path)),
         "raw_source": RawSource(

@@ -19,6 +19,8 @@ DEFAULT_START_DATE = dt.date(2026, 7, 1)
 
 MODEL_NAME = "churn-model"
 """The registered model in MLflow and the model's name in the BentoML store."""
+SERVICE_PORT = 3001
+MAX_BATCH_RECORDS = 1000
 CHAMPION_ALIAS = "champion"
 EXPERIMENT_NAME = "churnops"
 
@@ -122,9 +124,19 @@ class Settings:
     def training_dir(self) -> Path:
         return self.data_dir / "training"
 
-    def dbt_env(self) -> dict[str, str]:
-        """What the dbt profile reads: the one absolute warehouse path Dagster also uses."""
-        return {"CHURNOPS_WAREHOUSE": str(self.warehouse_path), **TELEMETRY_OFF}
+    @property
+    def bentoml_home(self) -> Path:
+        """BentoML reads BENTOML_HOME when it is imported, so the environment decides when it is set."""
+        home = os.environ.get("BENTOML_HOME", "").strip()
+        return Path(home).resolve() if home else self.data_dir / "bentoml"
+
+    def subprocess_env(self) -> dict[str, str]:
+        """What child processes read: the warehouse for the dbt profile, the BentoML store, no telemetry."""
+        return {
+            "CHURNOPS_WAREHOUSE": str(self.warehouse_path),
+            "BENTOML_HOME": str(self.bentoml_home),
+            **TELEMETRY_OFF,
+        }
 
 
 def get_settings() -> Settings:
