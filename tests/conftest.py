@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ from churn_assets.settings import DBT_PROJECT_DIR, TELEMETRY_OFF
 
 os.environ.update(TELEMETRY_OFF)
 os.environ.setdefault("CHURNOPS_START_DATE", "2026-07-01")
+# Never the developer's own platform: the Makefile exports these for `make up`.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="churnops-tests-"))
+os.environ["CHURNOPS_DATA_DIR"] = str(_SESSION_DIR / "default")
+os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
+os.environ.pop("CHURNOPS_WAREHOUSE", None)
 
 import dagster as dg  # noqa: E402
 import duckdb  # noqa: E402
@@ -97,6 +103,23 @@ class SourceFiles:
         if events is not None:
             (self.root / "events.csv").write_text("\n".join([events_header, *events]) + "\n")
         return self.root
+
+
+SMALL_GRAPH_DAYS = (dt.date(2026, 7, 1), dt.date(2026, 10, 28))
+
+
+@pytest.fixture(scope="session")
+def small_graph(tmp_path_factory: pytest.TempPathFactory):
+    """400 synthetic users over 120 days, raw events to the exported champion in one run.
+
+    Shared by the model and service specs; those that change the champion put it back.
+    """
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        platform = Platform(tmp_path_factory.mktemp("small-graph"), monkeypatch)
+        platform.configure(CHURNOPS_USERS="400")
+        result = platform.materialize(*SMALL_GRAPH_DAYS)
+        assert result.success
+        yield platform, result
 
 
 @pytest.fixture

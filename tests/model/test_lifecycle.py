@@ -1,8 +1,8 @@
 """Train, register, gate, roll back and score, on a real MLflow store and a real warehouse.
 
-One small synthetic platform (400 users, 120 days) is built once, raw events to scores in a
-single run. The gate specs then each get a fresh MLflow store and register hand-picked models,
-so which one deserves to win is known in advance.
+The session's small synthetic platform (conftest ``small_graph``) is built once, raw events to
+scores in a single run. The gate specs then each get a fresh MLflow store and register
+hand-picked models, so which one deserves to win is known in advance.
 """
 
 import datetime as dt
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churn_assets.cli import materialize_history
 from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
 from churn_assets.score.assets import churn_scores
 from churn_assets.settings import CHAMPION_ALIAS
@@ -23,15 +24,12 @@ from churn_assets.train.registry import SKOPS_TRUSTED_TYPES, ModelRegistry
 
 pytestmark = pytest.mark.slow
 
-FIRST, LAST = dt.date(2026, 7, 1), dt.date(2026, 10, 28)
+LAST = dt.date(2026, 10, 28)
 
 
 @pytest.fixture(scope="module")
-def graph(module_platform):
-    module_platform.configure(CHURNOPS_USERS="400")
-    result = module_platform.materialize(FIRST, LAST)
-    assert result.success
-    return module_platform, result
+def graph(small_graph):
+    return small_graph
 
 
 @pytest.fixture
@@ -131,16 +129,19 @@ def test_a_better_model_is_promoted_and_rollback_restores_the_previous(fresh_reg
     assert [e.version for e in registry.history()] == [baseline, boosted]
 
 
-def test_a_model_below_the_floor_never_becomes_champion_even_first(graph, module_platform):
-    module_platform.configure(CHURNOPS_MIN_ROC_AUC="0.99")
+def test_a_model_below_the_floor_never_becomes_champion_even_first(graph, fresh_registry):
+    platform, _ = graph
+    registry, resources = fresh_registry
+    platform.configure(CHURNOPS_MIN_ROC_AUC="0.99")
     try:
-        result = module_platform.materialize(LAST, LAST, "churn_model+")
+        result = materialize_history(LAST, LAST, "churn_model+", resources=resources, instance=platform.instance)
     finally:
-        module_platform.configure(CHURNOPS_MIN_ROC_AUC="0.75")
+        platform.configure(CHURNOPS_MIN_ROC_AUC="0.75")
     floors = next(c for c in result.get_asset_check_evaluations() if c.check_name == "meets_floors")
     assert not floors.passed and "floor 0.9900" in floors.description
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert "production_model" not in started
+    assert registry.latest_version() is not None and registry.champion() is None
 
 
 def test_scores_cover_each_active_user_once_and_reproduce(graph):
