@@ -130,3 +130,21 @@ def source_files(tmp_path: Path) -> SourceFiles:
 @pytest.fixture(scope="module")
 def module_source_files(tmp_path_factory: pytest.TempPathFactory) -> SourceFiles:
     return SourceFiles(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="session")
+def register_model():
+    """Logs and registers a fitted pipeline as a new version, as churn_model would."""
+    import mlflow
+    import mlflow.sklearn
+
+    from churn_assets.train.registry import SKOPS_TRUSTED_TYPES
+
+    def register(registry, model) -> int:
+        registry.activate()
+        mlflow.set_experiment(registry.experiment_name)
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(model, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)
+        return int(mlflow.register_model(info.model_uri, registry.model_name).version)
+
+    return register

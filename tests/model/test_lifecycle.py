@@ -8,8 +8,6 @@ hand-picked models, so which one deserves to win is known in advance.
 import datetime as dt
 
 import dagster as dg
-import mlflow
-import mlflow.sklearn
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +18,7 @@ from churn_assets.score.assets import churn_scores
 from churn_assets.settings import CHAMPION_ALIAS
 from churn_assets.train.assets import production_model, read_split
 from churn_assets.train.candidates import gradient_boosting, logistic_regression
-from churn_assets.train.registry import SKOPS_TRUSTED_TYPES, ModelRegistry
+from churn_assets.train.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +37,6 @@ def fresh_registry(graph, tmp_path):
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=(tmp_path / "artifacts").as_uri()
     )
     return registry, {**platform.resources, "registry": registry}
-
-
-def _register(registry: ModelRegistry, model) -> int:
-    registry.activate()
-    mlflow.set_experiment(registry.experiment_name)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(model, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)
-    return int(mlflow.register_model(info.model_uri, registry.model_name).version)
 
 
 def _fit(build, shuffle: bool = False, only: str | None = None):
@@ -98,12 +88,12 @@ def test_every_run_records_metrics_dataset_provenance_and_plots(graph):
         assert plots == {f"plots/{p}.png" for p in ("roc_curve", "pr_curve", "calibration", "feature_importance")}
 
 
-def test_a_worse_model_is_not_promoted_and_the_champion_stays(fresh_registry):
+def test_a_worse_model_is_not_promoted_and_the_champion_stays(fresh_registry, register_model):
     registry, resources = fresh_registry
-    good = _register(registry, _fit(gradient_boosting))
+    good = register_model(registry, _fit(gradient_boosting))
     assert _gate(resources)["decision"].value == "promoted"
 
-    shuffled = _register(registry, _fit(gradient_boosting, shuffle=True))
+    shuffled = register_model(registry, _fit(gradient_boosting, shuffle=True))
     gate = _gate(resources)
 
     assert gate["decision"].value == "kept_champion"
@@ -113,11 +103,11 @@ def test_a_worse_model_is_not_promoted_and_the_champion_stays(fresh_registry):
     assert tags["gate_decision"] == "kept_champion" and tags["gate_champion_version"] == str(good)
 
 
-def test_a_better_model_is_promoted_and_rollback_restores_the_previous(fresh_registry):
+def test_a_better_model_is_promoted_and_rollback_restores_the_previous(fresh_registry, register_model):
     registry, resources = fresh_registry
-    baseline = _register(registry, _fit(logistic_regression, only="video_minutes_7d"))
+    baseline = register_model(registry, _fit(logistic_regression, only="video_minutes_7d"))
     assert _gate(resources)["decision"].value == "promoted"
-    boosted = _register(registry, _fit(logistic_regression))
+    boosted = register_model(registry, _fit(logistic_regression))
 
     gate = _gate(resources)
 

@@ -1,0 +1,158 @@
+"""The churn service over HTTP: the champion's answers, strict about input, observable."""
+
+import json
+import math
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
+from churn_assets.serve.assets import bento_model
+from churn_assets.settings import MAX_BATCH_RECORDS, MODEL_NAME
+from churn_assets.train.assets import read_split
+from churn_assets.train.candidates import logistic_regression
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def latest_features(exported) -> pd.DataFrame:
+    platform, _ = exported
+    return platform.frame(
+        f"SELECT user_id, {', '.join(FEATURE_COLUMNS)} FROM marts.fct_user_features "
+        "WHERE snapshot_date = (SELECT max(snapshot_date) FROM marts.fct_user_features) ORDER BY user_id"
+    )
+
+
+def _record(row: pd.Series) -> dict:
+    return {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in FEATURE_COLUMNS}
+
+
+@pytest.fixture(scope="module")
+def champion(exported):
+    platform, _ = exported
+    registry = platform.resources["registry"]
+    version = registry.champion().version
+    return int(version), registry.load(version)
+
+
+def test_predictions_over_http_equal_the_champions_in_process(service, latest_features, champion):
+    version, model = champion
+    sample = latest_features.head(25)
+    expected = model.predict_proba(sample[list(FEATURE_COLUMNS)])[:, 1]
+
+    single = [service.post("/predict", json={"features": _record(r)}).json() for _, r in sample.iterrows()]
+    batch = service.post("/predict_batch", json={"records": [_record(r) for _, r in sample.iterrows()]}).json()
+    by_user = service.post("/predict_user", json={"user_id": int(sample.user_id.iloc[0])}).json()
+
+    np.testing.assert_allclose([p["churn_probability"] for p in single], expected, atol=1e-9)
+    np.testing.assert_allclose([p["churn_probability"] for p in batch], expected, atol=1e-9)
+    assert by_user["churn_probability"] == pytest.approx(expected[0], abs=1e-9)
+    assert {p["model_version"] for p in [*single, *batch, by_user]} == {version}
+    tiers = {p["risk_tier"] for p in single}
+    assert tiers <= {"low", "medium", "high"}
+    assert all((p["risk_tier"] == "high") == (p["churn_probability"] >= 0.6) for p in single)
+
+
+def test_an_unknown_user_is_a_404_that_names_them(service):
+    response = service.post("/predict_user", json={"user_id": 987654321})
+    assert response.status_code == 404
+    assert "987654321" in response.text
+
+
+def _valid(latest_features) -> dict:
+    return _record(latest_features.iloc[0])
+
+
+def _with(latest_features, **changes) -> dict:
+    return {"features": {**_valid(latest_features), **changes}}
+
+
+def _without(latest_features, field: str) -> dict:
+    record = _valid(latest_features)
+    del record[field]
+    return {"features": record}
+
+
+MALFORMED = {
+    "missing field": ("/predict", lambda f: _without(f, "tenure_days"), "tenure_days"),
+    "extra field": ("/predict", lambda f: _with(f, favourite_colour="blue"), "favourite_colour"),
+    "text for a count": ("/predict", lambda f: _with(f, lesson_views_7d="many"), "lesson_views_7d"),
+    "fraction for a count": ("/predict", lambda f: _with(f, active_days_7d=2.5), "active_days_7d"),
+    "negative count": ("/predict", lambda f: _with(f, support_tickets_30d=-1), "support_tickets_30d"),
+    "out of range": ("/predict", lambda f: _with(f, active_days_7d=8), "active_days_7d"),
+    "not a number": ("/predict", lambda f: _with(f, video_minutes_7d=math.nan), "video_minutes_7d"),
+    "infinite": ("/predict", lambda f: _with(f, engagement_trend_7d_30d=math.inf), "engagement_trend_7d_30d"),
+    "unknown plan": ("/predict", lambda f: _with(f, plan="platinum"), "plan"),
+    "no wrapper key": ("/predict", lambda f: _valid(f), "features"),
+    "empty batch": ("/predict_batch", lambda f: {"records": []}, "records"),
+    "oversized batch": ("/predict_batch", lambda f: {"records": [_valid(f)] * (MAX_BATCH_RECORDS + 1)}, "records"),
+    "bad record in a batch": ("/predict_batch", lambda f: {"records": [_valid(f), {**_valid(f), "plan": 3}]}, "plan"),
+    "negative user id": ("/predict_user", lambda f: {"user_id": -5}, "user_id"),
+    "text user id": ("/predict_user", lambda f: {"user_id": "ada"}, "user_id"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_malformed_requests_get_a_400_naming_the_field(service, latest_features, case):
+    path, body, field = MALFORMED[case]
+    payload = json.dumps(body(latest_features), allow_nan=True)
+    response = service.post(path, content=payload, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert field in response.text
+
+
+def test_malformed_json_is_a_400(service):
+    response = service.post("/predict", content=b'{"features": {', headers={"content-type": "application/json"})
+    assert response.status_code == 400
+
+
+def test_after_bad_requests_the_server_lives_and_logged_warnings_without_tracebacks(service):
+    assert service.get("/livez").status_code == 200
+    log = service.log_path.read_text()
+    assert "Rejected request on /predict" in log
+    assert "Traceback" not in log
+
+
+def test_metrics_count_predictions_by_tier_and_version(service, latest_features, champion):
+    version, _ = champion
+    service.post("/predict_batch", json={"records": [_record(r) for _, r in latest_features.head(10).iterrows()]})
+    metrics = service.get("/metrics").text
+    lines = [line for line in metrics.splitlines() if line.startswith("churn_predictions_total{")]
+    assert lines, metrics[:2000]
+    assert all(f'model_version="{version}"' in line for line in lines)
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 10
+
+
+def test_the_openapi_document_describes_the_feature_schema(service):
+    spec = service.get("/docs.json").json()
+    assert {"/predict", "/predict_batch", "/predict_user"} <= set(spec["paths"])
+    assert "days_since_last_activity" in json.dumps(spec)
+
+
+def test_a_new_champion_reexported_is_what_a_new_service_serves(exported, latest_features, register_model, start_service):
+    platform, _ = exported
+    registry = platform.resources["registry"]
+    previous = int(registry.champion().version)
+    train = read_split("train")
+    newer = register_model(registry, logistic_regression(7).fit(train[list(FEATURE_COLUMNS)], train[LABEL_COLUMN]))
+    registry.promote(newer)
+    try:
+        exported_again = dg.materialize([bento_model], resources=platform.resources)
+        metadata = exported_again.asset_materializations_for_node("bento_model")[0].metadata
+        assert metadata["exported"].value is True and metadata["mlflow_version"].value == newer
+        with start_service(f"{MODEL_NAME}:latest") as client:
+            answer = client.post("/predict", json={"features": _valid(latest_features)}).json()
+        assert answer["model_version"] == newer
+    finally:
+        registry.promote(previous)
+        dg.materialize([bento_model], resources=platform.resources)
+
+
+def test_reexporting_an_unchanged_champion_creates_no_model(exported):
+    platform, tag = exported
+    result = dg.materialize([bento_model], resources=platform.resources)
+    metadata = result.asset_materializations_for_node("bento_model")[0].metadata
+    assert metadata["exported"].value is False
