@@ -1,7 +1,8 @@
 """The production churn model over HTTP.
 
 Serves the newest model in the BentoML store (the champion, exported by the ``bento_model``
-asset). Requests are validated against ``churn_assets.contract.FeatureRecord``, the same feature
+asset) through its ONNX compilation on onnxruntime, which answers a single row in well under a
+millisecond where the sklearn pipeline takes several. Requests are validated against ``churn_assets.contract.FeatureRecord``, the same feature
 list the model was trained on, and the model's own recorded feature order is checked against it
 at start-up, so training and serving cannot drift apart silently.
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import Annotated, Literal
 
 import bentoml
@@ -23,13 +23,12 @@ from bentoml.exceptions import BentoMLException, NotFound
 from pydantic import BaseModel, Field
 
 from churn_assets.contract import FEATURE_COLUMNS, FeatureRecord, risk_tiers
+from churn_assets.serve.onnx import churn_probabilities, feeds, load_session
 from churn_assets.settings import MAX_BATCH_RECORDS, MODEL_NAME, SERVICE_PORT, get_settings
 
 MODEL_TAG = os.environ.get("CHURNOPS_BENTO_MODEL", f"{MODEL_NAME}:latest")
 WORKERS = int(os.environ.get("CHURNOPS_SERVICE_WORKERS", "2"))
 SETTINGS = get_settings()
-
-warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
 class Prediction(BaseModel):
@@ -69,37 +68,6 @@ predictions_total = bentoml.metrics.Counter(
 )
 
 
-def _row_predictor(pipeline):
-    """The fitted pipeline as a function of an object array in FEATURE_COLUMNS order.
-
-    Applying the fitted transformers to numpy slices skips building a DataFrame per request,
-    which costs more than the model itself.
-    """
-    prep, model = pipeline.named_steps["prep"], pipeline.named_steps["model"]
-    steps = [
-        (transformer, [FEATURE_COLUMNS.index(c) for c in columns])
-        for _, transformer, columns in prep.transformers_
-        if not (isinstance(transformer, str) and transformer == "drop")
-    ]
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        blocks = []
-        for transformer, index in steps:
-            part = rows[:, index]
-            if isinstance(transformer, str):
-                blocks.append(part.astype(float))
-            else:
-                block = transformer.transform(part)
-                blocks.append(block.toarray() if hasattr(block, "toarray") else block)
-        return model.predict_proba(np.hstack(blocks).astype(float))[:, 1]
-
-    return predict
-
-
-def _as_rows(records: list[BaseModel]) -> np.ndarray:
-    return np.array([[getattr(r, c) for c in FEATURE_COLUMNS] for r in records], dtype=object)
-
-
 @bentoml.service(
     name="churn_service",
     workers=WORKERS,
@@ -116,38 +84,42 @@ class ChurnService:
         if trained_on != list(FEATURE_COLUMNS):
             raise RuntimeError(f"{self.model_ref.tag} was trained on {trained_on}, the contract says {list(FEATURE_COLUMNS)}")
         self.version = int(info.labels["mlflow_version"])
-        self.predict_rows = _row_predictor(bentoml.sklearn.load_model(self.model_ref))
+        self.session = load_session(self.model_ref.custom_objects["onnx_model"])
         snapshot = self.model_ref.custom_objects["latest_features"]
         self.snapshot_date = str(info.metadata.get("snapshot_date", ""))
-        self.snapshot_rows = {int(u): i for i, u in enumerate(snapshot["user_id"])}
-        self.snapshot = snapshot[list(FEATURE_COLUMNS)].to_numpy(dtype=object)
+        self.snapshot = {int(r["user_id"]): r for r in snapshot[["user_id", *FEATURE_COLUMNS]].to_dict("records")}
+
+    def _score(self, records: list[dict]) -> list[Prediction]:
+        return self._predictions(churn_probabilities(self.session, feeds(records)))
 
     def _predictions(self, probabilities: np.ndarray) -> list[Prediction]:
         tiers = risk_tiers(probabilities, SETTINGS.medium_risk_threshold, SETTINGS.high_risk_threshold)
-        out = []
-        for probability, tier in zip(probabilities, tiers, strict=True):
-            predictions_total.labels(risk_tier=str(tier), model_version=str(self.version)).inc()
-            out.append(Prediction(churn_probability=float(probability), risk_tier=str(tier), model_version=self.version))
-        return out
+        for tier, count in zip(*np.unique(tiers, return_counts=True), strict=True):
+            predictions_total.labels(risk_tier=str(tier), model_version=str(self.version)).inc(int(count))
+        return [
+            Prediction(churn_probability=p, risk_tier=t, model_version=self.version)
+            for p, t in zip(probabilities.tolist(), tiers.tolist(), strict=True)
+        ]
 
+    # The APIs are async: each costs well under a millisecond of CPU, less than a hop to a thread.
     @bentoml.api
-    def predict(self, features: FeatureRecord) -> Prediction:  # type: ignore[valid-type]
+    async def predict(self, features: FeatureRecord) -> Prediction:  # type: ignore[valid-type]
         """Churn probability, risk tier and model version for one user's feature record."""
-        return self._predictions(self.predict_rows(_as_rows([features])))[0]
+        return self._score([features.__dict__])[0]
 
     @bentoml.api
-    def predict_batch(
+    async def predict_batch(
         self,
         records: Annotated[list[FeatureRecord], Field(min_length=1, max_length=MAX_BATCH_RECORDS)],  # type: ignore[valid-type]
     ) -> list[Prediction]:
         """The same for up to MAX_BATCH_RECORDS records, in request order."""
-        return self._predictions(self.predict_rows(_as_rows(records)))
+        return self._score([r.__dict__ for r in records])
 
     @bentoml.api
-    def predict_user(self, user_id: Annotated[int, Field(gt=0)]) -> UserPrediction:
+    async def predict_user(self, user_id: Annotated[int, Field(gt=0)]) -> UserPrediction:
         """Score a user from the feature snapshot exported with the model; 404 if they are not in it."""
-        row = self.snapshot_rows.get(user_id)
-        if row is None:
+        record = self.snapshot.get(user_id)
+        if record is None:
             raise NotFound(f"user_id {user_id} is not an active user in the feature snapshot of {self.snapshot_date}")
-        prediction = self._predictions(self.predict_rows(self.snapshot[row : row + 1]))[0]
+        prediction = self._score([record])[0]
         return UserPrediction(**prediction.model_dump(), user_id=user_id, snapshot_date=self.snapshot_date)

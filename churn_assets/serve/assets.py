@@ -1,21 +1,26 @@
 """``bento_model``: the champion exported to the BentoML model store, ready for ``bento/service.py``.
 
 The export carries what the service needs and nothing it would have to fetch: the sklearn
-pipeline, the feature order it expects, the MLflow version it came from (as a label, so the
+pipeline and its ONNX compilation (what the service runs, see ``serve/onnx.py``), the feature
+order it expects, the MLflow version it came from (as a label, so the
 service reports it), and the latest feature snapshot per user for ``/predict_user``, so the
 service never opens the warehouse the pipeline writes to.
 """
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.resources import Warehouse
+from churn_assets.serve.onnx import churn_probabilities, compile_pipeline, feeds, load_session
 from churn_assets.train.assets import production_model
 from churn_assets.train.registry import ModelRegistry
 
 MLFLOW_VERSION_LABEL = "mlflow_version"
 SNAPSHOT_OBJECT = "latest_features"
+ONNX_OBJECT = "onnx_model"
+ONNX_TOLERANCE = 1e-4
 
 
 def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
@@ -26,6 +31,15 @@ def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
         ).df()
     frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"]).dt.date
     return frame
+
+
+def _onnx_disagreement(pipeline, onnx_model: bytes, snapshot: pd.DataFrame) -> float:
+    """Largest probability difference between the two forms, on the users the service will see."""
+    if snapshot.empty:
+        return 0.0
+    records = snapshot[list(FEATURE_COLUMNS)].to_dict("records")
+    served = churn_probabilities(load_session(onnx_model), feeds(records))
+    return float(np.abs(served - pipeline.predict_proba(snapshot[list(FEATURE_COLUMNS)])[:, 1]).max())
 
 
 @dg.asset(
@@ -54,10 +68,18 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
         )
 
     snapshot = _latest_features(warehouse)
+    pipeline = registry.load(version)
+    onnx_model = compile_pipeline(pipeline)
+    disagreement = _onnx_disagreement(pipeline, onnx_model, snapshot)
+    if disagreement > ONNX_TOLERANCE:
+        raise dg.Failure(
+            description=f"the ONNX compilation of version {version} differs from the sklearn model by up to "
+            f"{disagreement:.2e} in probability (tolerance {ONNX_TOLERANCE:.0e}); nothing was exported"
+        )
     tags = champion.tags
     saved = bentoml.sklearn.save_model(
         registry.model_name,
-        registry.load(version),
+        pipeline,
         labels={MLFLOW_VERSION_LABEL: version, "candidate": tags.get("candidate", "unknown")},
         metadata={
             "mlflow_model": registry.model_name,
@@ -70,7 +92,7 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
             "git_commit": tags.get("git_commit", ""),
             "snapshot_date": str(snapshot["snapshot_date"].max()) if len(snapshot) else "",
         },
-        custom_objects={SNAPSHOT_OBJECT: snapshot},
+        custom_objects={SNAPSHOT_OBJECT: snapshot, ONNX_OBJECT: onnx_model},
     )
     return dg.MaterializeResult(
         metadata={
@@ -78,6 +100,7 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
             "mlflow_version": int(version),
             "exported": True,
             "snapshot_users": len(snapshot),
+            "onnx_max_abs_difference": disagreement,
             "path": dg.MetadataValue.path(saved.path),
         }
     )

@@ -41,6 +41,11 @@ def logistic_regression(seed: int) -> Pipeline:
 
 
 def gradient_boosting(seed: int) -> Pipeline:
+    """Plan enters as its price order (free < pro < team), not as a categorical split.
+
+    Trees split an ordinal as well here, and it keeps the model convertible to ONNX, which the
+    service runs (the ONNX converter mistranslates HistGradientBoosting's categorical splits).
+    """
     prep = ColumnTransformer(
         [
             ("numeric", "passthrough", list(NUMERIC_FEATURES)),
@@ -52,7 +57,6 @@ def gradient_boosting(seed: int) -> Pipeline:
         learning_rate=0.06,
         max_leaf_nodes=31,
         l2_regularization=1.0,
-        categorical_features=[len(NUMERIC_FEATURES)],
         early_stopping=False,
         random_state=seed,
     )

@@ -47,9 +47,9 @@ def test_predictions_over_http_equal_the_champions_in_process(service, latest_fe
     batch = service.post("/predict_batch", json={"records": [_record(r) for _, r in sample.iterrows()]}).json()
     by_user = service.post("/predict_user", json={"user_id": int(sample.user_id.iloc[0])}).json()
 
-    np.testing.assert_allclose([p["churn_probability"] for p in single], expected, atol=1e-9)
-    np.testing.assert_allclose([p["churn_probability"] for p in batch], expected, atol=1e-9)
-    assert by_user["churn_probability"] == pytest.approx(expected[0], abs=1e-9)
+    np.testing.assert_allclose([p["churn_probability"] for p in single], expected, atol=1e-5)
+    np.testing.assert_allclose([p["churn_probability"] for p in batch], expected, atol=1e-5)
+    assert by_user["churn_probability"] == pytest.approx(expected[0], abs=1e-5)
     assert {p["model_version"] for p in [*single, *batch, by_user]} == {version}
     tiers = {p["risk_tier"] for p in single}
     assert tiers <= {"low", "medium", "high"}
