@@ -22,7 +22,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 DBT := cd dbt_project && $(RUN) dbt
 
-.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui champion-history rollback bench clean
+.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ rollback:  ## move the champion alias back to the previous champion
 
 bench: install  ## run the pipeline benchmark (USERS=10000 by default)
 	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000)
+
+bench-serving: install  ## measure the churn service (needs a model: make materialize first)
+	$(RUN) python benchmarks/serving.py --data-dir $(CHURNOPS_DATA_DIR)
 
 clean:  ## delete everything the platform wrote (the data dir and dbt artifacts)
 	rm -rf $(CHURNOPS_DATA_DIR) dbt_project/target dbt_project/logs
