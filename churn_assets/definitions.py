@@ -3,6 +3,7 @@
 import dagster as dg
 
 from churn_assets.ingest.assets import raw_events, raw_users
+from churn_assets.monitor.assets import drift_report, feature_drift, model_performance
 from churn_assets.resources import build_resources
 from churn_assets.score.assets import churn_scores, high_risk_users
 from churn_assets.serve.assets import bento_model
@@ -12,6 +13,6 @@ from churn_assets.transform.assets import dbt_daily_models, dbt_models
 
 defs = dg.Definitions(
     assets=[raw_users, raw_events, dbt_models, dbt_daily_models, training_set, churn_model, production_model,
-            churn_scores, high_risk_users, bento_model],
+            churn_scores, high_risk_users, bento_model, feature_drift, drift_report, model_performance],
     resources=build_resources(get_settings()),
 )

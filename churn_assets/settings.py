@@ -61,6 +61,9 @@ class Settings:
     high_risk_threshold: float = 0.6
     medium_risk_threshold: float = 0.3
     high_risk_top_n: int = 200
+    psi_warn: float = 0.1
+    psi_fail: float = 0.25
+    max_auc_drop: float = 0.05
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +96,9 @@ class Settings:
             high_risk_threshold=float(_env("CHURNOPS_HIGH_RISK_THRESHOLD", "0.6")),
             medium_risk_threshold=float(_env("CHURNOPS_MEDIUM_RISK_THRESHOLD", "0.3")),
             high_risk_top_n=int(_env("CHURNOPS_HIGH_RISK_TOP_N", "200")),
+            psi_warn=float(_env("CHURNOPS_PSI_WARN", "0.1")),
+            psi_fail=float(_env("CHURNOPS_PSI_FAIL", "0.25")),
+            max_auc_drop=float(_env("CHURNOPS_MAX_AUC_DROP", "0.05")),
         )
 
     @property
@@ -123,6 +129,10 @@ class Settings:
     @property
     def training_dir(self) -> Path:
         return self.data_dir / "training"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
 
     @property
     def bentoml_home(self) -> Path:

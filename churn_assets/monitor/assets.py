@@ -1,0 +1,231 @@
+"""``feature_drift``, ``drift_report`` and ``model_performance``: is the champion still right?
+
+Drift compares each scored day's population with the champion's training reference (the
+``train`` rows of ``training_set``); performance waits until a scored day's 30-day labels exist
+and measures what the scores were worth. Their checks are what the retrain sensor listens to.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
+from churn_assets.monitor.drift import psi, psi_by_column
+from churn_assets.partitions import daily_partitions
+from churn_assets.resources import Warehouse
+from churn_assets.score.assets import SCORES_TABLE, churn_scores
+from churn_assets.settings import get_settings
+from churn_assets.train.assets import LABELS_KEY, read_split, training_set
+from churn_assets.train.registry import ModelRegistry
+
+DRIFT_TABLE = "monitor.feature_drift"
+PERFORMANCE_TABLE = "monitor.model_performance"
+PREDICTION = "churn_probability"
+
+FEATURE_DRIFT_CHECK = "feature_drift_below_threshold"
+PREDICTION_DRIFT_CHECK = "prediction_drift_below_threshold"
+PERFORMANCE_CHECK = "realised_auc_holds"
+
+
+def _day_population(con, day: dt.date) -> pd.DataFrame:
+    return con.execute(
+        f"SELECT f.*, s.{PREDICTION}, s.model_version FROM marts.fct_user_features f "
+        f"JOIN {SCORES_TABLE} s USING (user_id, snapshot_date) WHERE snapshot_date = ?",
+        [day],
+    ).df()
+
+
+def _drift_result(check: str, value: float, column: str, warn: float, fail: float) -> dg.AssetCheckResult:
+    """Passes below the warning threshold; WARN severity up to the failure threshold, ERROR beyond."""
+    severity = dg.AssetCheckSeverity.ERROR if value >= fail else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        check_name=check,
+        passed=value < warn,
+        severity=severity,
+        description=f"largest PSI {value:.3f} ({column}); warn at {warn}, fail at {fail}",
+        metadata={"psi": value, "column": column},
+    )
+
+
+@dg.asset(
+    group_name="monitor",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb",
+    deps=[churn_scores, training_set],
+    kinds={"python", "duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec(FEATURE_DRIFT_CHECK, asset="feature_drift", description="Every feature's PSI on the latest day is below the warning threshold (CHURNOPS_PSI_WARN); at or above CHURNOPS_PSI_FAIL the check fails as an error."),
+        dg.AssetCheckSpec(PREDICTION_DRIFT_CHECK, asset="feature_drift", description="The PSI of the churn probabilities on the latest day is below the thresholds, likewise."),
+    ],
+    description="Daily PSI of every feature and of the churn probability between the day's scored "
+    "population and the training reference (table monitor.feature_drift).",
+)
+def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
+    settings = get_settings()
+    reference = read_split("train")
+    champion = registry.champion()
+    reference_scores = pd.Series(
+        registry.load(champion.version).predict_proba(reference[list(FEATURE_COLUMNS)])[:, 1], name=PREDICTION
+    )
+    window = context.partition_time_window
+    days = pd.date_range(window.start.date(), window.end.date() - dt.timedelta(days=1)).date
+    rows, latest = [], None
+    with warehouse.get_connection() as con:
+        for day in days:
+            population = _day_population(con, day)
+            if population.empty:
+                continue
+            values = psi_by_column(reference, population, list(FEATURE_COLUMNS))
+            values[PREDICTION] = psi(reference_scores, population[PREDICTION])
+            rows += [(day, column, value, column == PREDICTION) for column, value in values.items()]
+            latest = (day, values)
+        drift = pd.DataFrame(rows, columns=["snapshot_date", "column_name", "psi", "is_prediction"])
+        drift["model_version"] = int(champion.version)
+        con.execute("CREATE SCHEMA IF NOT EXISTS monitor")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {DRIFT_TABLE} (snapshot_date DATE, column_name VARCHAR, psi DOUBLE, "
+            "is_prediction BOOLEAN, model_version INTEGER)"
+        )
+        con.register("drift", drift)
+        con.execute("BEGIN TRANSACTION")
+        con.execute(f"DELETE FROM {DRIFT_TABLE} WHERE snapshot_date >= ? AND snapshot_date < ?", [window.start.date(), window.end.date()])
+        con.execute(f"INSERT INTO {DRIFT_TABLE} SELECT snapshot_date, column_name, psi, is_prediction, model_version FROM drift")
+        con.execute("COMMIT")
+    if latest is None:
+        raise dg.Failure(description=f"no scored users between {days[0]} and {days[-1]}: materialize churn_scores first")
+    day, values = latest
+    features = {c: v for c, v in values.items() if c != PREDICTION}
+    worst = max(features, key=features.get)
+    yield dg.MaterializeResult(
+        metadata={
+            "snapshot_date": str(day),
+            "max_feature_psi": features[worst],
+            "most_drifted_feature": worst,
+            "prediction_psi": values[PREDICTION],
+            "psi_by_feature": dg.MetadataValue.md(
+                pd.Series(features).sort_values(ascending=False).round(4).to_frame("psi").to_markdown()
+            ),
+        }
+    )
+    yield _drift_result(FEATURE_DRIFT_CHECK, features[worst], worst, settings.psi_warn, settings.psi_fail)
+    yield _drift_result(PREDICTION_DRIFT_CHECK, values[PREDICTION], PREDICTION, settings.psi_warn, settings.psi_fail)
+
+
+@dg.asset(
+    group_name="monitor",
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="duckdb",
+    deps=[feature_drift],
+    kinds={"evidently", "html"},
+    description="Evidently's data-drift report (HTML) of the latest day in the run against the "
+    "training reference, saved under reports/; per-column drift scores as metadata.",
+)
+def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    settings = get_settings()
+    day = context.partition_time_window.end.date() - dt.timedelta(days=1)
+    with warehouse.get_connection() as con:
+        population = _day_population(con, day)
+    if population.empty:
+        raise dg.Failure(description=f"no scored users on {day}: materialize churn_scores first")
+    reference = read_split("train")[list(FEATURE_COLUMNS)]
+    snapshot = Report([DataDriftPreset(method="psi", threshold=settings.psi_warn)]).run(
+        current_data=population[list(FEATURE_COLUMNS)], reference_data=reference
+    )
+    path = settings.reports_dir / f"drift_report_{day}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    scores = {
+        m["config"]["column"]: float(m["value"])
+        for m in snapshot.dict()["metrics"]
+        if m["metric_name"].startswith("ValueDrift") and "column" in m.get("config", {})
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "snapshot_date": str(day),
+            "report": dg.MetadataValue.path(str(path)),
+            "drifted_columns": sum(v >= settings.psi_warn for v in scores.values()),
+            "evidently_psi": dg.MetadataValue.json({k: round(v, 4) for k, v in sorted(scores.items())}),
+        }
+    )
+
+
+@dg.asset(
+    group_name="monitor",
+    deps=[churn_scores, LABELS_KEY],
+    pool="duckdb",
+    kinds={"python", "duckdb"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            PERFORMANCE_CHECK,
+            asset="model_performance",
+            description="Realised ROC-AUC of the latest labelled scored day is within CHURNOPS_MAX_AUC_DROP of the model's holdout ROC-AUC.",
+        )
+    ],
+    description="What the scores were worth: for every scored day whose 30-day labels exist, the "
+    "realised ROC-AUC, precision and recall next to the scoring model's holdout ROC-AUC (table monitor.model_performance).",
+)
+def model_performance(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
+    settings = get_settings()
+    with warehouse.get_connection() as con:
+        joined = con.execute(
+            f"SELECT s.snapshot_date, s.model_version, s.{PREDICTION}, s.risk_tier, l.{LABEL_COLUMN} "
+            f"FROM {SCORES_TABLE} s JOIN marts.fct_churn_labels l USING (user_id, snapshot_date)"
+        ).df()
+        holdout_auc = {
+            int(v): float(registry.client().get_model_version(registry.model_name, str(v)).tags.get("roc_auc", "nan"))
+            for v in joined["model_version"].unique()
+        }
+        rows = []
+        for (day, version), group in joined.groupby(["snapshot_date", "model_version"]):
+            labels, predicted = group[LABEL_COLUMN].astype(bool), group[PREDICTION] >= settings.decision_threshold
+            if labels.nunique() < 2:
+                continue
+            rows.append(
+                {
+                    "snapshot_date": day,
+                    "model_version": int(version),
+                    "users": len(group),
+                    "churn_rate": float(labels.mean()),
+                    "roc_auc": float(roc_auc_score(labels, group[PREDICTION])),
+                    "precision": float(precision_score(labels, predicted, zero_division=0)),
+                    "recall": float(recall_score(labels, predicted, zero_division=0)),
+                    "holdout_roc_auc": holdout_auc[int(version)],
+                }
+            )
+        performance = pd.DataFrame(
+            rows,
+            columns=["snapshot_date", "model_version", "users", "churn_rate", "roc_auc", "precision", "recall", "holdout_roc_auc"],
+        )
+        con.execute("CREATE SCHEMA IF NOT EXISTS monitor")
+        con.register("performance", performance)
+        con.execute(f"CREATE OR REPLACE TABLE {PERFORMANCE_TABLE} AS SELECT * FROM performance")
+    if performance.empty:
+        yield dg.MaterializeResult(metadata={"labelled_days": 0})
+        yield dg.AssetCheckResult(check_name=PERFORMANCE_CHECK, passed=True, description="no scored day has labels yet")
+        return
+    latest = performance.sort_values("snapshot_date").iloc[-1]
+    drop = latest["holdout_roc_auc"] - latest["roc_auc"]
+    yield dg.MaterializeResult(
+        metadata={
+            "labelled_days": len(performance),
+            "latest_labelled_day": str(latest["snapshot_date"]),
+            "realised_roc_auc": float(latest["roc_auc"]),
+            "holdout_roc_auc": float(latest["holdout_roc_auc"]),
+            "recent": dg.MetadataValue.md(performance.tail(10).round(4).to_markdown(index=False)),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name=PERFORMANCE_CHECK,
+        passed=bool(drop <= settings.max_auc_drop),
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{pd.Timestamp(latest['snapshot_date']).date()}: realised ROC-AUC {latest['roc_auc']:.4f} vs holdout "
+        f"{latest['holdout_roc_auc']:.4f} (version {latest['model_version']}); allowed drop {settings.max_auc_drop}",
+        metadata={"auc_drop": float(drop)},
+    )
