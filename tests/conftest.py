@@ -64,6 +64,10 @@ class Platform:
     def materialize(self, start: dt.date, end: dt.date, selection: str = "*") -> dg.ExecuteInProcessResult:
         return materialize_history(start, end, selection, resources=self.resources, instance=self.instance)
 
+    def materialize_data(self, start: dt.date, end: dt.date) -> dg.ExecuteInProcessResult:
+        """Raw data to features and labels only: too short a history for the model stages."""
+        return self.materialize(start, end, "group:ingest or group:transform")
+
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as con:
             return con.execute(sql).fetchall()

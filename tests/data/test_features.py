@@ -39,7 +39,7 @@ FIRST_DAY, LAST_DAY = dt.date(2026, 7, 1), dt.date(2026, 9, 5)
 @pytest.fixture(scope="module")
 def built(module_platform, module_source_files):
     module_platform.use_files(module_source_files.write(USERS, EVENTS))
-    result = module_platform.materialize(FIRST_DAY, LAST_DAY)
+    result = module_platform.materialize_data(FIRST_DAY, LAST_DAY)
     assert result.success
     return module_platform
 

@@ -16,11 +16,11 @@ TABLES = {
 @pytest.mark.slow
 def test_materializing_a_day_twice_gives_the_same_rows(platform):
     platform.configure(CHURNOPS_USERS="400")
-    assert platform.materialize(FIRST, LAST).success
+    assert platform.materialize_data(FIRST, LAST).success
     before = {table: platform.query(sql) for table, sql in TABLES.items()}
     assert all(before.values())
 
-    assert platform.materialize(AGAIN, AGAIN).success
+    assert platform.materialize_data(AGAIN, AGAIN).success
 
     for table, sql in TABLES.items():
         assert platform.query(sql) == before[table], f"{table} changed after re-materializing {AGAIN}"

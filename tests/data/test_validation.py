@@ -104,12 +104,12 @@ def test_a_missing_source_file_is_named(platform, source_files):
 @pytest.mark.slow
 def test_a_broken_file_stops_the_graph_and_keeps_the_last_good_features(platform, source_files):
     platform.use_files(source_files.write(GOOD_USERS, GOOD_EVENTS))
-    assert platform.materialize(DAY, DAY).success
+    assert platform.materialize_data(DAY, DAY).success
     features_before = platform.query("SELECT * FROM marts.fct_user_features ORDER BY ALL")
     assert features_before, "the good day produces features"
 
     source_files.write(events=[*GOOD_EVENTS, "4,2,login,not-a-time,"])
-    result = platform.materialize(DAY, DAY)
+    result = platform.materialize_data(DAY, DAY)
 
     _rejected(result, "raw_events")
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
