@@ -13,8 +13,8 @@ on it. One run on a fresh data dir:
 
     uv run python benchmarks/pipeline.py [--users 10000] [--days 120] [--seed 42] [--json out.json]
 
-Dagster's own log goes to ``dagster.log`` in the data dir. The default data dir is a fresh
-temporary folder, deleted at the end unless the run or the check failed.
+The run's own output (Dagster's log, dbt's) goes to ``run.log`` in the data dir. The default data
+dir is a fresh temporary folder, deleted at the end unless the run or the check failed.
 """
 
 from __future__ import annotations
@@ -99,18 +99,22 @@ def peak_rss_mb(who: int) -> float:
 
 
 @contextmanager
-def stderr_to(path: Path) -> Iterator[None]:
-    """Sends file descriptor 2 (Dagster's console log, dbt's output through it) to a file."""
+def output_to(path: Path) -> Iterator[None]:
+    """Sends stdout and stderr, this process's and its children's (Dagster's log, dbt's), to a file."""
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(1), os.dup(2)]
     with path.open("ab") as log:
+        os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         try:
             yield
         finally:
+            sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, original in enumerate(saved, start=1):
+                os.dup2(original, fd)
+                os.close(original)
 
 
 # --- the platform -------------------------------------------------------------------------------
@@ -126,7 +130,7 @@ def materialize(start: dt.date, end: dt.date, log: Path):
 
     settings = Settings.from_env()
     instance = dg.DagsterInstance.ephemeral()
-    with stderr_to(log):
+    with output_to(log):
         result = materialize_history(start, end, "*", resources=build_resources(settings), instance=instance)
     return result, instance.all_logs(result.run_id), settings.warehouse_path
 
@@ -346,9 +350,9 @@ def main() -> int:
     configure(args, data_dir)
     ensure_manifest()
     end = START_DATE + dt.timedelta(days=args.days - 1)
-    log = data_dir / "dagster.log"
+    log = data_dir / "run.log"
     print(f"{args.users:,} users, {START_DATE} .. {end} ({args.days} days), seed {args.seed}, data in {data_dir}")
-    print(f"materializing the whole graph (Dagster's log: {log}) ...", flush=True)
+    print(f"materializing the whole graph (its log: {log}) ...", flush=True)
 
     result, logs, warehouse = materialize(START_DATE, end, log)
     steps, run_seconds = step_stats(logs)

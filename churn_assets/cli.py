@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     materialize = commands.add_parser("materialize", help="materialize assets over a date range in one run")
     materialize.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
     materialize.add_argument("--start", help="first day (default: CHURNOPS_START_DATE)")
-    materialize.add_argument("--end", help="last day (default: the end of the default history)")
+    materialize.add_argument("--end", help="last day (default: yesterday)")
     materialize.set_defaults(func=_cmd_materialize)
     commands.add_parser("champion-history", help="list every champion, newest first").set_defaults(func=_cmd_history)
     commands.add_parser("rollback", help="move the champion alias back to the previous champion").set_defaults(

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from churn_assets.automation import automated, automation_sensor, record_failed_runs, retrain_job, retrain_on_failed_checks
 from churn_assets.ingest.assets import raw_events, raw_users
 from churn_assets.monitor.assets import drift_report, feature_drift, model_performance
 from churn_assets.resources import build_resources
@@ -11,8 +12,25 @@ from churn_assets.settings import get_settings
 from churn_assets.train.assets import churn_model, production_model, training_set
 from churn_assets.transform.assets import dbt_daily_models, dbt_models
 
+STAGES = [
+    raw_users,
+    raw_events,
+    dbt_models,
+    dbt_daily_models,
+    training_set,
+    churn_model,
+    production_model,
+    churn_scores,
+    high_risk_users,
+    bento_model,
+    feature_drift,
+    drift_report,
+    model_performance,
+]
+
 defs = dg.Definitions(
-    assets=[raw_users, raw_events, dbt_models, dbt_daily_models, training_set, churn_model, production_model,
-            churn_scores, high_risk_users, bento_model, feature_drift, drift_report, model_performance],
+    assets=automated(STAGES),
+    jobs=[retrain_job],
+    sensors=[automation_sensor, retrain_on_failed_checks, record_failed_runs],
     resources=build_resources(get_settings()),
 )

@@ -64,6 +64,7 @@ class Settings:
     psi_warn: float = 0.1
     psi_fail: float = 0.25
     max_auc_drop: float = 0.05
+    retrain_cooldown_hours: float = 24.0
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,12 +100,17 @@ class Settings:
             psi_warn=float(_env("CHURNOPS_PSI_WARN", "0.1")),
             psi_fail=float(_env("CHURNOPS_PSI_FAIL", "0.25")),
             max_auc_drop=float(_env("CHURNOPS_MAX_AUC_DROP", "0.05")),
+            retrain_cooldown_hours=float(_env("CHURNOPS_RETRAIN_COOLDOWN_HOURS", "24")),
         )
 
     @property
     def history_end(self) -> dt.date:
-        """Last day of the default history: the range the bring-up command materializes."""
-        return self.start_date + dt.timedelta(days=self.history_days - 1)
+        """Last day the bring-up materializes: yesterday, the last complete day.
+
+        The daily cron then continues from a complete history; the synthetic product keeps
+        producing events every day (new signups stop after ``history_days``).
+        """
+        return max(dt.date.today() - dt.timedelta(days=1), self.start_date + dt.timedelta(days=self.history_days - 1))
 
     @property
     def dagster_home(self) -> Path:
