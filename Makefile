@@ -22,7 +22,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 DBT := cd dbt_project && $(RUN) dbt
 
-.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback bench clean
+.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ champion-history:  ## list every champion model version, newest first
 
 rollback:  ## move the champion alias back to the previous champion
 	$(RUN) churnops rollback
+
+drift-demo:  ## drift the last 14 days' data, refresh, let the retrain sensor act, show the gate's decision (after make up)
+	$(RUN) churnops drift-demo
 
 bench: install  ## run the pipeline benchmark (USERS=10000 by default)
 	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000)
