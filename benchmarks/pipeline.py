@@ -5,7 +5,9 @@ on it. One run on a fresh data dir:
 
 1. materializes the whole graph over the synthetic history in one Dagster run and prints each
    step's wall time (from the run's event log), the assets it wrote with their row counts, and
-   the peak RSS of this process and of its largest child (a dbt subprocess);
+   the peak RSS of this process and of its largest child (a dbt subprocess); then the training
+   and scoring times, the scoring throughput (user-days scored per second, exports included)
+   and both candidates' holdout metrics;
 2. reads ``raw.events`` and ``raw.users`` from the warehouse into pandas and computes
    ``fct_user_features`` with pandas alone (a dense user x day grid with rolling sums), timed;
 3. checks that pandas and dbt produce the same rows and values, so that the time ratio compares
@@ -159,8 +161,28 @@ def step_stats(logs) -> tuple[list[dict], float]:
             materialization = event.event_specific_data.materialization
             rows = materialization.metadata.get("dagster/row_count")
             step["assets"][materialization.asset_key.to_user_string()] = rows.value if rows else None
+            if "metrics" in materialization.metadata:
+                step["metrics"] = materialization.metadata["metrics"].value
     started = sorted((s for s in steps.values() if "start" in s), key=lambda s: s.pop("start"))
     return started, logs[-1].timestamp - logs[0].timestamp
+
+
+TRAINING_STEPS = ("training_set", "churn_model", "production_model")
+SCORING_STEP = "churn_scores"
+
+
+def model_stats(steps: list[dict]) -> dict:
+    """Training (split, both candidates with MLflow logging, the gate) and batch scoring."""
+    by_name = {step["step"]: step for step in steps}
+    scoring = by_name[SCORING_STEP]
+    scored = scoring["assets"][SCORING_STEP]
+    return {
+        "training_seconds": sum(by_name[name]["seconds"] for name in TRAINING_STEPS),
+        "scoring_seconds": scoring["seconds"],
+        "scored_rows": scored,
+        "scored_rows_per_second": scored / scoring["seconds"],
+        "holdout_metrics": by_name["churn_model"].get("metrics", ""),
+    }
 
 
 def print_steps(steps: list[dict], run_seconds: float) -> None:
@@ -340,6 +362,11 @@ def print_summary(report: dict) -> None:
     print(f"pandas, read+compute {notebook['seconds']:7.1f} s   "
           f"peak heap {notebook['peak_heap_mb']:,.0f} MB (tracemalloc)")
     print(f"pandas / dbt steps   {ratios['vs_dbt_steps']:7.2f}x  pandas / whole graph {ratios['vs_whole_run']:.2f}x")
+    model = report["model"]
+    print(f"training             {model['training_seconds']:7.1f} s   training_set + churn_model + production_model")
+    print(f"scoring              {model['scoring_seconds']:7.1f} s   {model['scored_rows']:,} user-days, "
+          f"{model['scored_rows_per_second']:,.0f} user-days/s (exports included)")
+    print(f"holdout metrics (both candidates):\n{model['holdout_metrics']}")
     print(f"cross-check          {'FAILED' if report['mismatches'] else 'passed'}")
 
 
@@ -381,7 +408,7 @@ def main() -> int:
         "users": args.users, "days": args.days, "seed": args.seed,
         "steps": steps, "run_seconds": run_seconds, "peak_rss_mb": peaks,
         "dbt_steps": [step["step"] for step in dbt_steps], "dbt_seconds": dbt_seconds,
-        "notebook": notebook, "feature_rows": len(dbt), "mismatches": problems,
+        "notebook": notebook, "feature_rows": len(dbt), "mismatches": problems, "model": model_stats(steps),
         "ratios": {
             "vs_dbt_steps": notebook["seconds"] / dbt_seconds,
             "vs_whole_run": notebook["seconds"] / run_seconds,

@@ -17,6 +17,21 @@ DRIFT_DEMO_SELECTION = "group:ingest or group:transform or group:score or group:
 """Everything that depends on the raw data except the model stages, which the retrain sensor drives."""
 
 
+def _run_in_process(
+    selection: str | dg.AssetSelection, tags: dict, resources: dict | None, instance: dg.DagsterInstance | None
+) -> dg.ExecuteInProcessResult:
+    from churn_assets.definitions import defs
+
+    return dg.materialize(
+        list(defs.assets),
+        selection=selection,
+        resources=resources if resources is not None else defs.resources,
+        instance=instance or dg.DagsterInstance.get(),
+        tags=tags,
+        raise_on_error=False,
+    )
+
+
 def materialize_history(
     start: dt.date,
     end: dt.date,
@@ -26,19 +41,8 @@ def materialize_history(
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One in-process run over a partition range: one DuckDB writer, and one run in the UI, not N."""
-    from churn_assets.definitions import defs
-
-    return dg.materialize(
-        list(defs.assets),
-        selection=selection,
-        resources=resources if resources is not None else defs.resources,
-        instance=instance or dg.DagsterInstance.get(),
-        tags={
-            "dagster/asset_partition_range_start": start.isoformat(),
-            "dagster/asset_partition_range_end": end.isoformat(),
-        },
-        raise_on_error=False,
-    )
+    tags = {"dagster/asset_partition_range_start": start.isoformat(), "dagster/asset_partition_range_end": end.isoformat()}
+    return _run_in_process(selection, tags, resources, instance)
 
 
 def tick_retrain_sensor(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
@@ -54,16 +58,9 @@ def run_retrain(
 ) -> dg.ExecuteInProcessResult:
     """Runs a retrain request here and now, tagged as the sensor's own run so the daemon does not repeat it."""
     from churn_assets.automation import RETRAIN_SELECTION, retrain_on_failed_checks
-    from churn_assets.definitions import defs
 
-    return dg.materialize(
-        list(defs.assets),
-        selection=RETRAIN_SELECTION,
-        resources=resources if resources is not None else defs.resources,
-        instance=instance or dg.DagsterInstance.get(),
-        tags={**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": retrain_on_failed_checks.name},
-        raise_on_error=False,
-    )
+    tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": retrain_on_failed_checks.name}
+    return _run_in_process(RETRAIN_SELECTION, tags, resources, instance)
 
 
 def gate_decision(result: dg.ExecuteInProcessResult) -> dict:
@@ -183,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         func=_cmd_rollback
     )
     args = parser.parse_args(argv)
+    os.environ.setdefault("DAGSTER_HOME", str(get_settings().dagster_home))
+    get_settings().dagster_home.mkdir(parents=True, exist_ok=True)
     return args.func(args)
 
 
