@@ -75,8 +75,9 @@ bento:  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_s
 	$(RUN) bentoml build -f bento/bentofile.yaml .
 
 mlflow-ui:  ## the MLflow UI on $(HOST):$(MLFLOW_PORT), on the platform's tracking store
-	$(RUN) mlflow ui --backend-store-uri sqlite:///$(CHURNOPS_DATA_DIR)/mlflow/mlflow.db \
-		--default-artifact-root file://$(CHURNOPS_DATA_DIR)/mlflow/artifacts --host $(HOST) --port $(MLFLOW_PORT)
+	$(RUN) mlflow ui --backend-store-uri $(or $(CHURNOPS_MLFLOW_TRACKING_URI),sqlite:///$(CHURNOPS_DATA_DIR)/mlflow/mlflow.db) \
+		--default-artifact-root $(or $(CHURNOPS_MLFLOW_ARTIFACT_LOCATION),file://$(CHURNOPS_DATA_DIR)/mlflow/artifacts) \
+		--host $(HOST) --port $(MLFLOW_PORT)
 
 champion-history:  ## list every champion model version, newest first
 	$(RUN) churnops champion-history

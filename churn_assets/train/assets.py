@@ -10,6 +10,7 @@ the new one is better by the margin; either way its decision is recorded in Dags
 import hashlib
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -97,17 +98,20 @@ def _log_candidate(name, model, evaluation: Evaluation, train, holdout, tags, se
         mlflow.log_metrics(evaluation.metrics)
         mlflow.log_dict({"threshold": threshold, "labels": [False, True], "matrix": evaluation.confusion}, "confusion_matrix.json")
         mlflow.set_tags({"candidate": name, **tags})
-        for context, frame in (("training", train), ("holdout", holdout)):
-            dataset = mlflow.data.from_pandas(frame[[*features, LABEL_COLUMN]], name=f"{context}_set", targets=LABEL_COLUMN)
-            mlflow.log_input(dataset, context=context)
-        example = train[features].head(100)
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict_proba(example)[:, 1]),
-            input_example=train[features].head(3),
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-        )
+        with warnings.catch_warnings():
+            # The feature contract forbids missing values, the case this warning is about.
+            warnings.filterwarnings("ignore", ".*Inferred schema contains integer", UserWarning)
+            for context, frame in (("training", train), ("holdout", holdout)):
+                dataset = mlflow.data.from_pandas(frame[[*features, LABEL_COLUMN]], name=f"{context}_set", targets=LABEL_COLUMN)
+                mlflow.log_input(dataset, context=context)
+            example = train[features].head(100)
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=infer_signature(example, model.predict_proba(example)[:, 1]),
+                input_example=train[features].head(3),
+                skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            )
         plot_dir = Path(tempfile.mkdtemp(prefix=f"churnops-{name}-"))
         plots = save_plots(model, holdout, holdout[LABEL_COLUMN], evaluation.probabilities, plot_dir, seed)
         mlflow.log_artifacts(str(plot_dir), artifact_path="plots")

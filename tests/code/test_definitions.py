@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,11 @@ def test_dagster_validates_the_workspace_on_our_instance_config(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_every_setting_is_documented_in_the_readme():
+    sources = [PROJECT_ROOT / "churn_assets" / "settings.py", PROJECT_ROOT / "bento" / "service.py"]
+    variables = {v for path in sources for v in re.findall(r'"(CHURNOPS_[A-Z_]+)"', path.read_text())}
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert len(variables) > 20
+    assert sorted(v for v in variables if f"`{v}`" not in readme) == []
