@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+import warnings
 
 import dagster as dg
 
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         func=_cmd_rollback
     )
     args = parser.parse_args(argv)
+    for early_api in (dg.BetaWarning, dg.PreviewWarning):
+        warnings.filterwarnings("ignore", category=early_api)
     os.environ.setdefault("DAGSTER_HOME", str(get_settings().dagster_home))
     get_settings().dagster_home.mkdir(parents=True, exist_ok=True)
     return args.func(args)

@@ -69,6 +69,12 @@ def _preview(con: duckdb.DuckDBPyConnection, query: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(con.execute(f"{query} LIMIT {SAMPLE_SIZE}").df().to_markdown(index=False))
 
 
+def _users_as_of(context: dg.AssetExecutionContext) -> dt.date:
+    """The last day of the events loaded with the users in the same run, or yesterday."""
+    range_end = context.run.tags.get("dagster/asset_partition_range_end")
+    return dt.date.fromisoformat(range_end) if range_end else dt.date.today() - dt.timedelta(days=1)
+
+
 @dg.asset(
     group_name="ingest",
     kinds={"python", "duckdb"},
@@ -79,7 +85,7 @@ def _preview(con: duckdb.DuckDBPyConnection, query: str) -> dg.MetadataValue:
 )
 def raw_users(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_source: RawSource):
     with warehouse.get_connection() as con:
-        raw_source.stage_users(con, "staged_users")
+        raw_source.stage_users(con, "staged_users", _users_as_of(context))
         outcomes = check_batch(con, "staged_users", user_rules(dt.date.today()))
         yield from _check_results(outcomes)
         _raise_if_failed("raw_users", outcomes)

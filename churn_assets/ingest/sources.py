@@ -31,11 +31,12 @@ class RawSource(dg.ConfigurableResource):
     seed: int = Field(default=42, description="Seed of the synthetic generator.")
     drift_from: str | None = Field(default=None, description="Synthetic behaviour shifts from this date on.")
 
-    def stage_users(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+    def stage_users(self, con: duckdb.DuckDBPyConnection, table: str, as_of: dt.date) -> None:
+        """The users file as it is, or the synthetic users who have signed up by ``as_of``."""
         if self.mode == "files":
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_file_scan(self._files('users'))}")
             return
-        users = synthetic.generate_users(self.n_users, self._start, self.history_days, self.seed)
+        users = synthetic.generate_users(self.n_users, self._start, self.history_days, self.seed, as_of)
         users["_source"] = "synthetic users"
         users["_row"] = range(1, len(users) + 1)
         con.register("_users_frame", users)
@@ -57,7 +58,7 @@ class RawSource(dg.ConfigurableResource):
                 where = f"WHERE {ts} IS NULL OR {ts} > now() OR ({ts} >= DATE '{start}' AND {ts} < DATE '{end}')"
             con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({scan}) {where}")
             return
-        pop = synthetic.population(self.n_users, self._start, self.history_days, self.seed)
+        pop = synthetic.population(self.n_users, self._start, self.history_days, self.seed, end - dt.timedelta(days=1))
         drift_from = dt.date.fromisoformat(self.drift_from) if self.drift_from else None
         con.execute(f"DROP TABLE IF EXISTS {table}")
         day = start

@@ -10,12 +10,18 @@ finish their course, so churn also peaks at a certain tenure.
 Every day is generated from its own seed (``seed``, day ordinal), so a partition can be
 regenerated alone and always yields the same frame, and generating day N never requires
 generating days before it.
+
+The product keeps growing after the history: users go on signing up at the history's daily rate,
+drawn in blocks of ``SIGNUP_BLOCK_DAYS`` with their own seeds, so a platform left running gets
+new users as well as new days, its population does not simply age (which the drift checks would
+rightly flag), and a block never changes what came before it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import numpy as np
@@ -25,6 +31,9 @@ from churn_assets.ingest.schema import CHANNELS, COUNTRIES, PLAN_PRICE_USD, PLAN
 
 SIGNUP_LEAD_DAYS = 180
 """Users sign up from this many days before the history start until its end."""
+
+SIGNUP_BLOCK_DAYS = 30
+"""After the history, signups are drawn in blocks of this many days."""
 
 BILLING_CYCLE_DAYS = 30
 COURSE_LENGTH_DAYS = 100
@@ -68,10 +77,34 @@ class Population:
         )
 
 
+def population(
+    n_users: int, start_date: dt.date, history_days: int, seed: int, through: dt.date | None = None
+) -> Population:
+    """The ``n_users`` who sign up until the end of the history, and everyone who signs up after it until ``through``."""
+    days = (through - start_date).days if through else 0
+    blocks = max(0, math.ceil((days - history_days + 1) / SIGNUP_BLOCK_DAYS))
+    return _population(n_users, start_date, history_days, seed, blocks)
+
+
 @lru_cache(maxsize=4)
-def population(n_users: int, start_date: dt.date, history_days: int, seed: int) -> Population:
+def _population(n_users: int, start_date: dt.date, history_days: int, seed: int, blocks: int) -> Population:
     rng = np.random.default_rng([seed, 0])
     signup_day = np.sort(rng.integers(-SIGNUP_LEAD_DAYS, history_days, size=n_users))
+    parts = [_draw_users(rng, signup_day, 1, start_date)]
+    per_block = round(n_users * SIGNUP_BLOCK_DAYS / (SIGNUP_LEAD_DAYS + history_days))
+    for block in range(blocks):
+        rng = np.random.default_rng([seed, 1, block])
+        first_day = history_days + block * SIGNUP_BLOCK_DAYS
+        signup_day = np.sort(rng.integers(first_day, first_day + SIGNUP_BLOCK_DAYS, size=per_block))
+        parts.append(_draw_users(rng, signup_day, n_users + block * per_block + 1, start_date))
+    if len(parts) == 1:
+        return parts[0]
+    arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Population) if f.name != "start_date"}
+    return Population(**arrays, start_date=start_date)
+
+
+def _draw_users(rng: np.random.Generator, signup_day: np.ndarray, first_id: int, start_date: dt.date) -> Population:
+    n_users = signup_day.size
     plan = rng.choice(len(PLANS), size=n_users, p=_PLAN_P)
     channel = rng.choice(len(CHANNELS), size=n_users, p=_CHANNEL_P)
     country = rng.choice(len(COUNTRIES), size=n_users, p=_COUNTRY_P)
@@ -86,7 +119,7 @@ def population(n_users: int, start_date: dt.date, history_days: int, seed: int) 
     fade_days = np.where(abrupt, rng.integers(1, 4, size=n_users), rng.integers(14, 40, size=n_users))
     signup_to_break = rng.integers(7, 240, size=n_users)
     return Population(
-        user_id=np.arange(1, n_users + 1, dtype=np.int64),
+        user_id=np.arange(first_id, first_id + n_users, dtype=np.int64),
         signup_day=signup_day,
         plan=plan,
         country=country,
@@ -101,8 +134,12 @@ def population(n_users: int, start_date: dt.date, history_days: int, seed: int) 
     )
 
 
-def generate_users(n_users: int, start_date: dt.date, history_days: int, seed: int) -> pd.DataFrame:
-    return population(n_users, start_date, history_days, seed).users_frame()
+def generate_users(
+    n_users: int, start_date: dt.date, history_days: int, seed: int, through: dt.date | None = None
+) -> pd.DataFrame:
+    """Everyone who has signed up by ``through`` (by default, the whole history's users)."""
+    users = population(n_users, start_date, history_days, seed, through).users_frame()
+    return users[users["signup_date"] <= through].reset_index(drop=True) if through else users
 
 
 def generate_events(

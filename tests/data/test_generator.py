@@ -14,7 +14,7 @@ DAY = dt.date(2026, 8, 15)
 
 def test_same_seed_gives_the_same_users_and_events():
     first = synthetic.generate_users(2000, START, 120, seed=7)
-    synthetic.population.cache_clear()
+    synthetic._population.cache_clear()
     again = synthetic.generate_users(2000, START, 120, seed=7)
     pd.testing.assert_frame_equal(first, again)
     pop = synthetic.population(2000, START, 120, 7)
@@ -79,3 +79,21 @@ def test_the_drift_switch_shifts_behaviour_from_its_date_on():
     assert lessons_per_user(drifted) < 0.8 * lessons_per_user(before)
     assert minutes_per_session(drifted) > 1.2 * minutes_per_session(before)
     assert np.isnan(drifted.loc[drifted.event_type == "login", "value"]).all()
+
+
+def test_users_keep_signing_up_after_the_history_without_changing_it():
+    history = synthetic.generate_users(3000, START, 120, seed=42)
+    two_months_on = START + dt.timedelta(days=179)
+    later = synthetic.generate_users(3000, START, 120, seed=42, through=two_months_on)
+
+    pd.testing.assert_frame_equal(later.head(len(history)), history)
+    newcomers = later.iloc[len(history):]
+    assert len(newcomers) == 2 * 300, "the history's rate: 3,000 users over 180 lead + 120 days, 300 a month"
+    assert newcomers.signup_date.min() >= START + dt.timedelta(days=120)
+    assert newcomers.signup_date.max() <= two_months_on
+    assert newcomers.user_id.is_unique and newcomers.user_id.min() == 3001
+
+    extended = synthetic.population(3000, START, 120, 42, through=two_months_on)
+    pd.testing.assert_frame_equal(
+        synthetic.generate_events(extended, DAY, 42), synthetic.generate_events(synthetic.population(3000, START, 120, 42), DAY, 42)
+    )
