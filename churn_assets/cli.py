@@ -121,7 +121,7 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     print(f"    gate: {gate['decision']} version {gate['candidate_version']}: {gate['reason']}")
     print(
         "\nwhere to look:\n"
-        "  Dagster UI  Assets > feature_drift > Checks (the failed drift check), its plots and psi_by_feature;\n"
+        "  Dagster UI  Assets > feature_drift > Checks (the failed drift check) and its psi_by_feature;\n"
         "              Runs filtered by tag churnops/trigger (the retrain); production_model's metadata (the decision)\n"
         f"  Evidently   {settings.reports_dir}/drift_report_{end}.html\n"
         f"  MLflow      make mlflow-ui > Models > {MODEL_NAME} > version {gate['candidate_version']}: gate_* tags\n"
