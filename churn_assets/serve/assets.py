@@ -61,7 +61,12 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
         current = bentoml.models.get(f"{registry.model_name}:latest")
     except bentoml.exceptions.NotFound:
         current = None
-    if current is not None and current.info.labels.get(MLFLOW_VERSION_LABEL) == version:
+    # The run id, unique across MLflow stores, tells two platforms sharing one BentoML store apart.
+    if (
+        current is not None
+        and current.info.labels.get(MLFLOW_VERSION_LABEL) == version
+        and current.info.metadata.get("mlflow_run_id") == champion.tags.get("run_id", "")
+    ):
         context.log.info(f"{current.tag} already holds champion version {version}; nothing to export")
         return dg.MaterializeResult(
             metadata={"bento_model": str(current.tag), "mlflow_version": int(version), "exported": False}
