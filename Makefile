@@ -37,7 +37,8 @@ install: $(if $(findstring .tools,$(UV)),$(UV))  ## install the locked environme
 manifest:
 	$(DBT) parse --quiet
 
-up: install materialize  ## install, materialize the whole graph, start the churn service and the Dagster UI
+up: install  ## install, materialize the whole graph, start the churn service and the Dagster UI
+	@$(MAKE) --no-print-directory materialize || echo "A step or a check failed (listed above); starting the UI anyway so you can see where."
 	@$(RUN) bentoml serve bento.service:ChurnService --host $(HOST) --port $(SERVICE_PORT) > $(CHURNOPS_DATA_DIR)/service.log 2>&1 & \
 	  trap "kill $$! 2>/dev/null" EXIT; \
 	  echo "Churn service: http://$(HOST):$(SERVICE_PORT)  (Swagger UI at /, OpenAPI at /docs.json, log in $(CHURNOPS_DATA_DIR)/service.log)"; \
