@@ -70,10 +70,11 @@ def gate_decision(result: dg.ExecuteInProcessResult) -> dict:
     return {key: value.value for key, value in materialization.metadata.items()}
 
 
-def _print_failed_checks(result: dg.ExecuteInProcessResult) -> None:
-    for check in result.get_asset_check_evaluations():
-        if not check.passed:
-            print(f"FAILED CHECK {check.asset_key.to_user_string()}.{check.check_name}: {check.description}")
+def _print_failed_checks(result: dg.ExecuteInProcessResult) -> list:
+    failed = [check for check in result.get_asset_check_evaluations() if not check.passed]
+    for check in failed:
+        print(f"FAILED CHECK {check.asset_key.to_user_string()}.{check.check_name}: {check.description}")
+    return failed
 
 
 def _cmd_materialize(args: argparse.Namespace) -> int:
@@ -82,8 +83,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     end = dt.date.fromisoformat(args.end) if args.end else settings.history_end
     print(f"materializing {args.select!r} for {start} .. {end} into {settings.data_dir}", flush=True)
     result = materialize_history(start, end, args.select)
-    failed_checks = [c for c in result.get_asset_check_evaluations() if not c.passed]
-    _print_failed_checks(result)
+    failed_checks = _print_failed_checks(result)
     print("run succeeded" if result.success else "run FAILED: see the Dagster UI for the step that stopped it")
     return 0 if result.success and not failed_checks else 1
 
@@ -183,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for early_api in (dg.BetaWarning, dg.PreviewWarning):
         warnings.filterwarnings("ignore", category=early_api)
-    os.environ.setdefault("DAGSTER_HOME", str(get_settings().dagster_home))
-    get_settings().dagster_home.mkdir(parents=True, exist_ok=True)
+    dagster_home = get_settings().dagster_home
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    dagster_home.mkdir(parents=True, exist_ok=True)
     return args.func(args)
 
 
