@@ -82,7 +82,4 @@ def risk_tiers(probabilities, medium_threshold: float, high_threshold: float):
     """The intervention tier of each churn probability: high >= high_threshold > medium >= medium_threshold."""
     import numpy as np
 
-    probabilities = np.asarray(probabilities)
-    return np.select(
-        [probabilities >= high_threshold, probabilities >= medium_threshold], ["high", "medium"], default="low"
-    )
+    return np.asarray(RISK_TIERS)[np.searchsorted([medium_threshold, high_threshold], probabilities, side="right")]

@@ -13,7 +13,7 @@ import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.resources import Warehouse
-from churn_assets.serve.onnx import churn_probabilities, compile_pipeline, feeds, load_session
+from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, compile_pipeline, feeds, load_session
 from churn_assets.train.assets import production_model
 from churn_assets.train.registry import ModelRegistry
 
@@ -61,11 +61,13 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
         current = bentoml.models.get(f"{registry.model_name}:latest")
     except bentoml.exceptions.NotFound:
         current = None
-    # The run id, unique across MLflow stores, tells two platforms sharing one BentoML store apart.
+    # The run id, unique across MLflow stores, tells two platforms sharing one BentoML store apart;
+    # an export whose ONNX inputs the service no longer feeds is compiled again.
     if (
         current is not None
         and current.info.labels.get(MLFLOW_VERSION_LABEL) == version
         and current.info.metadata.get("mlflow_run_id") == champion.tags.get("run_id", "")
+        and current.info.metadata.get("onnx_inputs") == list(ONNX_INPUTS)
     ):
         context.log.info(f"{current.tag} already holds champion version {version}; nothing to export")
         return dg.MaterializeResult(
@@ -93,6 +95,7 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
             "roc_auc": float(tags.get("roc_auc", "nan")),
             "pr_auc": float(tags.get("pr_auc", "nan")),
             "feature_columns": list(FEATURE_COLUMNS),
+            "onnx_inputs": list(ONNX_INPUTS),
             "dbt_manifest_sha256": tags.get("dbt_manifest_sha256", ""),
             "git_commit": tags.get("git_commit", ""),
             "snapshot_date": str(snapshot["snapshot_date"].max()) if len(snapshot) else "",

@@ -4,31 +4,56 @@ scikit-learn's HistGradientBoosting walks its trees in a Python loop, about 6 ms
 onnxruntime evaluates the same pipeline in well under 0.1 ms, which is what makes the service
 fast. The sklearn pipeline in MLflow stays the source of truth; onnxruntime computes in float32,
 so its probabilities match it to about 1e-6.
+
+skl2onnx gives the pipeline one input per column. A ``Split`` in front of it takes all numeric
+features as one float matrix instead: onnxruntime checks and converts each input on every call,
+so two inputs instead of twenty-three cut a one-row call from about 28 to 17 microseconds.
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 import numpy as np
 
 from churn_assets.contract import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 
 OPSETS = {"": 18, "ai.onnx.ml": 3}
+NUMERIC_INPUT = "numeric"
+ONNX_INPUTS: tuple[str, ...] = (NUMERIC_INPUT, *CATEGORICAL_FEATURES)
+"""The compiled model's inputs: an (n, len(NUMERIC_FEATURES)) float matrix, then one (n, 1) string column each."""
+
+_numeric_values = itemgetter(*NUMERIC_FEATURES)
 
 
 def compile_pipeline(pipeline) -> bytes:
+    from onnx import TensorProto, compose, helper
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
     inputs = [(c, FloatTensorType([None, 1])) for c in NUMERIC_FEATURES]
     inputs += [(c, StringTensorType([None, 1])) for c in CATEGORICAL_FEATURES]
     options = {id(pipeline.named_steps["model"]): {"zipmap": False}}
-    return to_onnx(pipeline, initial_types=inputs, options=options, target_opset=OPSETS).SerializeToString()
+    per_column = to_onnx(pipeline, initial_types=inputs, options=options, target_opset=OPSETS)
+
+    split = helper.make_graph(
+        [helper.make_node("Split", [NUMERIC_INPUT], list(NUMERIC_FEATURES), axis=1, num_outputs=len(NUMERIC_FEATURES))],
+        "split_numeric",
+        [helper.make_tensor_value_info(NUMERIC_INPUT, TensorProto.FLOAT, [None, len(NUMERIC_FEATURES)])],
+        [helper.make_tensor_value_info(c, TensorProto.FLOAT, [None, 1]) for c in NUMERIC_FEATURES],
+    )
+    front = compose.add_prefix(
+        helper.make_model(split, opset_imports=list(per_column.opset_import), ir_version=per_column.ir_version),
+        "split_",
+        rename_inputs=False,
+    )
+    merged = compose.merge_models(front, per_column, io_map=[(f"split_{c}", c) for c in NUMERIC_FEATURES])
+    return merged.SerializeToString()
 
 
 def feeds(rows: list[dict]) -> dict[str, np.ndarray]:
-    """onnxruntime inputs, one (n, 1) column each, from feature records, in one pass over the rows."""
-    numeric = np.array([[r[c] for c in NUMERIC_FEATURES] for r in rows], dtype=np.float32)
-    out = {c: numeric[:, i : i + 1] for i, c in enumerate(NUMERIC_FEATURES)}
+    """onnxruntime inputs from feature records: the numeric matrix and one (n, 1) column per category."""
+    out = {NUMERIC_INPUT: np.array([_numeric_values(r) for r in rows], dtype=np.float32).reshape(len(rows), -1)}
     out.update({c: np.array([[r[c]] for r in rows], dtype=object) for c in CATEGORICAL_FEATURES})
     return out
 
@@ -40,6 +65,10 @@ def load_session(model: bytes):
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def input_names(session) -> tuple[str, ...]:
+    return tuple(i.name for i in session.get_inputs())
 
 
 def churn_probabilities(session, batch: dict[str, np.ndarray]) -> np.ndarray:

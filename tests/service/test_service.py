@@ -3,6 +3,7 @@
 import json
 import math
 
+import bentoml
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 
 from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
 from churn_assets.serve.assets import bento_model
+from churn_assets.serve.onnx import ONNX_INPUTS
 from churn_assets.settings import MAX_BATCH_RECORDS, MODEL_NAME
 from churn_assets.train.assets import read_split
 from churn_assets.train.candidates import logistic_regression
@@ -126,10 +128,25 @@ def test_metrics_count_predictions_by_tier_and_version(service, latest_features,
     assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 10
 
 
-def test_the_openapi_document_describes_the_feature_schema(service):
+def test_the_openapi_document_describes_the_feature_schema_and_the_answers(service):
     spec = service.get("/docs.json").json()
     assert {"/predict", "/predict_batch", "/predict_user"} <= set(spec["paths"])
     assert "days_since_last_activity" in json.dumps(spec)
+
+    def answer(path: str) -> dict:
+        return spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert set(answer("/predict")["required"]) == {"churn_probability", "risk_tier", "model_version"}
+    assert answer("/predict_batch")["type"] == "array"
+    assert {"user_id", "snapshot_date"} <= set(answer("/predict_user")["required"])
+
+
+def test_answers_arrive_whole_with_their_length_not_chunked(service, latest_features):
+    response = service.post("/predict", json={"features": _valid(latest_features)})
+
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
 
 
 def test_a_new_champion_reexported_is_what_a_new_service_serves(exported, latest_features, register_model, start_service):
@@ -149,6 +166,23 @@ def test_a_new_champion_reexported_is_what_a_new_service_serves(exported, latest
     finally:
         registry.promote(previous)
         dg.materialize([bento_model], resources=platform.resources)
+
+
+def test_an_export_in_an_older_onnx_layout_is_compiled_again(exported):
+    platform, _ = exported
+    current = bentoml.models.get(f"{MODEL_NAME}:latest")
+    bentoml.sklearn.save_model(
+        MODEL_NAME,
+        bentoml.sklearn.load_model(current),
+        labels=current.info.labels,
+        metadata={**current.info.metadata, "onnx_inputs": list(FEATURE_COLUMNS)},
+        custom_objects=current.custom_objects,
+    )
+
+    result = dg.materialize([bento_model], resources=platform.resources)
+
+    assert result.asset_materializations_for_node("bento_model")[0].metadata["exported"].value is True
+    assert bentoml.models.get(f"{MODEL_NAME}:latest").info.metadata["onnx_inputs"] == list(ONNX_INPUTS)
 
 
 def test_reexporting_an_unchanged_champion_creates_no_model(exported):
