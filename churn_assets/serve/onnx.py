@@ -53,7 +53,7 @@ def compile_pipeline(pipeline) -> bytes:
 
 def feeds(rows: list[dict]) -> dict[str, np.ndarray]:
     """onnxruntime inputs from feature records: the numeric matrix and one (n, 1) column per category."""
-    out = {NUMERIC_INPUT: np.array([_numeric_values(r) for r in rows], dtype=np.float32).reshape(len(rows), -1)}
+    out = {NUMERIC_INPUT: np.array([_numeric_values(r) for r in rows], dtype=np.float32)}
     out.update({c: np.array([[r[c]] for r in rows], dtype=object) for c in CATEGORICAL_FEATURES})
     return out
 
