@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import os
 import sys
-import warnings
 
 import dagster as dg
 
@@ -181,8 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         func=_cmd_rollback
     )
     args = parser.parse_args(argv)
-    for early_api in (dg.BetaWarning, dg.PreviewWarning):
-        warnings.filterwarnings("ignore", category=early_api)
     dagster_home = get_settings().dagster_home
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     dagster_home.mkdir(parents=True, exist_ok=True)
