@@ -6,13 +6,19 @@ import argparse
 import datetime as dt
 import os
 import sys
+import time
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from churn_assets.incidents import incident_log
 from churn_assets.settings import MODEL_NAME, get_settings
 
 
 DRIFT_DEMO_DAYS = 14
+RETRAIN_WAIT_S = 30 * 60
 DRIFT_DEMO_SELECTION = "group:ingest or group:transform or group:score or group:monitor"
 """Everything that depends on the raw data except the model stages, which the retrain sensor drives."""
 
@@ -45,34 +51,51 @@ def materialize_history(
     return _run_in_process(selection, tags, resources, instance)
 
 
-def tick_retrain_sensor(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
-    """One evaluation of the retrain sensor, as the daemon's next tick would make it."""
-    from churn_assets.automation import retrain_on_failed_checks
-
-    result = retrain_on_failed_checks(dg.build_sensor_context(instance=instance))
-    return result if isinstance(result, list) else []
-
-
 def run_retrain(
     request: dg.RunRequest, *, resources: dict | None = None, instance: dg.DagsterInstance | None = None
 ) -> dg.ExecuteInProcessResult:
-    """Runs a retrain request here and now, tagged as the sensor's own run so the daemon does not repeat it."""
-    from churn_assets.automation import RETRAIN_SELECTION, retrain_on_failed_checks
+    """Runs the retrain job here and now, tagged as the sensor's own run so the daemon counts it as its own."""
+    from churn_assets.automation import RETRAIN_SENSOR, retrain_job
+    from churn_assets.definitions import defs
 
-    tags = {**request.tags, "dagster/run_key": request.run_key, "dagster/sensor_name": retrain_on_failed_checks.name}
-    return _run_in_process(RETRAIN_SELECTION, tags, resources, instance)
+    job = dg.Definitions(
+        assets=list(defs.assets), jobs=[retrain_job], resources=resources if resources is not None else defs.resources
+    ).resolve_job_def(retrain_job.name)
+    tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: RETRAIN_SENSOR}
+    return job.execute_in_process(instance=instance or dg.DagsterInstance.get(), tags=tags, raise_on_error=False)
 
 
-def gate_decision(result: dg.ExecuteInProcessResult) -> dict:
-    """The production_model materialization's metadata: the gate's decision and both scores."""
-    (materialization,) = result.asset_materializations_for_node("production_model")
-    return {key: value.value for key, value in materialization.metadata.items()}
+def gate_decision(instance: dg.DagsterInstance, run_id: str) -> dict | None:
+    """The gate's decision in a run (production_model's metadata), or None if the gate did not run."""
+    from churn_assets.automation import CHAMPION_KEY
+
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == CHAMPION_KEY:
+            return {key: value.value for key, value in materialization.metadata.items()}
+    return None
+
+
+def wait_for_run(instance: dg.DagsterInstance, run_id: str, timeout_s: float = RETRAIN_WAIT_S) -> dg.DagsterRun:
+    deadline = time.monotonic() + timeout_s
+    while (run := instance.get_run_by_id(run_id)) is not None and not run.is_finished:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still {run.status.value} after {timeout_s:.0f} s")
+        time.sleep(2)
+    return run
 
 
 def _print_failed_checks(result: dg.ExecuteInProcessResult) -> list:
-    failed = [check for check in result.get_asset_check_evaluations() if not check.passed]
-    for check in failed:
-        print(f"FAILED CHECK {check.asset_key.to_user_string()}.{check.check_name}: {check.description}")
+    """Prints every check that did not pass; returns those that failed as errors (warnings do not fail a command)."""
+    failed = []
+    for check in result.get_asset_check_evaluations():
+        if check.passed:
+            continue
+        error = check.severity == dg.AssetCheckSeverity.ERROR
+        failed += [check] if error else []
+        label = "FAILED CHECK" if error else "WARNING"
+        print(f"{label} {check.asset_key.to_user_string()}.{check.check_name}: {check.description}")
     return failed
 
 
@@ -88,6 +111,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def _cmd_drift_demo(args: argparse.Namespace) -> int:
+    from churn_assets.automation import decide_retrain, latest_retrain
     from churn_assets.resources import build_resources
     from churn_assets.settings import Settings
 
@@ -97,6 +121,7 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     resources, instance = build_resources(settings), dg.DagsterInstance.get()
 
+    refreshed_at = time.time()
     print(f"1/3 drift switch on from {start}: regenerating {start} .. {end} and refreshing everything downstream", flush=True)
     result = materialize_history(start, end, DRIFT_DEMO_SELECTION, resources=resources, instance=instance)
     _print_failed_checks(result)
@@ -104,19 +129,26 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
         print("the refresh FAILED: see the run in the Dagster UI", file=sys.stderr)
         return 1
 
-    print("2/3 the retrain sensor's tick", flush=True)
-    requests = tick_retrain_sensor(instance)
-    if not requests:
-        print("no drift or performance check failed as an error: nothing to retrain (try an earlier --start)")
+    print("2/3 the retrain loop's decision (the same rule the daemon's retrain sensor applies)", flush=True)
+    decision = decide_retrain(instance)
+    previous = latest_retrain(instance)
+    if decision.request is not None:
+        print(f"    retrain: {decision.reason}", flush=True)
+        print("3/3 retraining here: training_set -> churn_model -> production_model -> bento_model", flush=True)
+        result = run_retrain(decision.request, resources=resources, instance=instance)
+        run = instance.get_run_by_id(result.run_id)
+    elif previous is not None and previous.create_timestamp.timestamp() >= refreshed_at:
+        run = previous.dagster_run
+        print(f"    the daemon's retrain sensor already launched run {run.run_id} for this drift", flush=True)
+        print("3/3 waiting for that retrain: training_set -> churn_model -> production_model -> bento_model", flush=True)
+        run = wait_for_run(instance, run.run_id)
+    else:
+        print(f"    no retrain: {decision.reason}")
         return 1
-    print(f"    retrain requested by {requests[0].tags['churnops/trigger']} (run key {requests[0].run_key})")
-
-    print("3/3 retraining: training_set -> churn_model -> production_model -> bento_model", flush=True)
-    result = run_retrain(requests[0], resources=resources, instance=instance)
-    if not result.success:
-        print("the retrain run FAILED: see the run in the Dagster UI", file=sys.stderr)
+    gate = gate_decision(instance, run.run_id)
+    if run.status != dg.DagsterRunStatus.SUCCESS or gate is None:
+        print(f"the retrain run {run.run_id} ended {run.status.value}: see it in the Dagster UI", file=sys.stderr)
         return 1
-    gate = gate_decision(result)
     print(f"    gate: {gate['decision']} version {gate['candidate_version']}: {gate['reason']}")
     print(
         "\nwhere to look:\n"
@@ -124,7 +156,7 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
         "              Runs filtered by tag churnops/trigger (the retrain); production_model's metadata (the decision)\n"
         f"  Evidently   {settings.reports_dir}/drift_report_{end}.html\n"
         f"  MLflow      make mlflow-ui > Models > {MODEL_NAME} > version {gate['candidate_version']}: gate_* tags\n"
-        f"  incidents   {settings.data_dir / 'logs' / 'incidents.log'}"
+        f"  incidents   {incident_log()}"
     )
     return 0
 
@@ -150,6 +182,21 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def record_champion_change(instance: dg.DagsterInstance, old: int, new: int) -> None:
+    """Tells Dagster the champion moved outside a run, so automation re-scores and re-exports as after a promotion."""
+    from churn_assets.automation import CHAMPION_KEY
+    from churn_assets.train.assets import champion_data_version
+
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=CHAMPION_KEY,
+            description=f"rolled back by churnops: version {old} -> version {new}",
+            metadata={"decision": "rolled_back", "previous_champion_version": old, "champion_version": new},
+            tags={DATA_VERSION_TAG: champion_data_version(new).value},
+        )
+    )
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
     registry = _registry()
     try:
@@ -157,8 +204,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"cannot roll back: {error}", file=sys.stderr)
         return 1
+    record_champion_change(dg.DagsterInstance.get(), old, new)
     print(f"{registry.model_name}@champion: version {old} -> version {new}")
-    print("re-materialize churn_scores (and bento_model) to serve and score with it")
+    print("recorded on production_model: the automation sensor re-scores the latest day and re-exports bento_model")
     return 0
 
 

@@ -65,6 +65,7 @@ class Settings:
     psi_fail: float = 0.25
     max_auc_drop: float = 0.05
     retrain_cooldown_hours: float = 24.0
+    sensor_interval_seconds: int = 30
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class Settings:
             psi_fail=float(_env("CHURNOPS_PSI_FAIL", "0.25")),
             max_auc_drop=float(_env("CHURNOPS_MAX_AUC_DROP", "0.05")),
             retrain_cooldown_hours=float(_env("CHURNOPS_RETRAIN_COOLDOWN_HOURS", "24")),
+            sensor_interval_seconds=int(_env("CHURNOPS_SENSOR_INTERVAL_SECONDS", "30")),
         )
 
     @property

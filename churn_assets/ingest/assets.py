@@ -117,19 +117,21 @@ def raw_users(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_sourc
     pool="duckdb",
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[raw_users],
     check_specs=_check_specs("raw_events", event_rules(dt.datetime.now())),
     description="Product events (logins, lessons, quizzes, video minutes, payments, support tickets), "
-    "one partition per calendar day (table raw.events); re-loading a day replaces it.",
+    "one partition per calendar day (table raw.events); re-loading a day replaces it. Loaded after "
+    "the users, so a day's new signups are known before their first events are built into features.",
 )
 def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_source: RawSource):
     window = context.partition_time_window
     start, end = window.start.date(), window.end.date()
     with warehouse.get_connection() as con:
         raw_source.stage_events(con, "staged_events", start, end)
+        _ensure_tables(con)
         outcomes = check_batch(con, "staged_events", event_rules(dt.datetime.now()))
         yield from _check_results(outcomes)
         _raise_if_failed("raw_events", outcomes)
-        _ensure_tables(con)
         con.execute("BEGIN TRANSACTION")
         con.execute(f"DELETE FROM {EVENTS_TABLE} WHERE event_ts >= DATE '{start}' AND event_ts < DATE '{end}'")
         con.execute(f"INSERT INTO {EVENTS_TABLE} {_typed_select(EVENT_COLUMNS, 'staged_events')}")

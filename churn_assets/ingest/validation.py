@@ -22,6 +22,7 @@ from churn_assets.ingest.schema import (
     PLANS,
     USER_COLUMNS,
     USER_KEYS,
+    USERS_TABLE,
 )
 
 SAMPLE_ROWS = 5
@@ -81,6 +82,12 @@ def event_rules(now: dt.datetime) -> list[Rule]:
             "No event id appears twice in a batch.",
             ("event_id",),
             "event_id IS NOT NULL AND count(*) OVER (PARTITION BY CAST(event_id AS VARCHAR)) > 1",
+        ),
+        Rule(
+            "events_known_users",
+            "Every event belongs to a user in the users table (loaded before the events).",
+            ("user_id",),
+            f"user_id IS NOT NULL AND {_typed('user_id', EVENT_COLUMNS)} NOT IN (SELECT user_id FROM {USERS_TABLE})",
         ),
         Rule(
             "events_not_in_future",

@@ -1,7 +1,7 @@
 """``feature_drift``, ``drift_report`` and ``model_performance``: is the champion still right?
 
-Drift compares each scored day's population with the champion's training reference (the
-``train`` rows of ``training_set``); performance waits until a scored day's 30-day labels exist
+Drift compares each scored day's population with the scoring champion's own training reference,
+stored with its model version (a candidate the gate rejected never becomes the reference); performance waits until a scored day's 30-day labels exist
 and measures what the scores were worth. Their checks are what the retrain sensor listens to.
 """
 
@@ -17,7 +17,7 @@ from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.score.assets import SCORES_TABLE, churn_scores
 from churn_assets.settings import get_settings
-from churn_assets.train.assets import LABELS_KEY, read_split, training_set
+from churn_assets.train.assets import LABELS_KEY, production_model
 from churn_assets.train.registry import ModelRegistry
 
 DRIFT_TABLE = "monitor.feature_drift"
@@ -54,7 +54,7 @@ def _drift_result(check: str, value: float, column: str, warn: float, fail: floa
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="duckdb",
-    deps=[churn_scores, training_set],
+    deps=[churn_scores, production_model],
     kinds={"python", "duckdb"},
     check_specs=[
         dg.AssetCheckSpec(FEATURE_DRIFT_CHECK, asset="feature_drift", description="Every feature's PSI on the latest day is below the warning threshold (CHURNOPS_PSI_WARN); at or above CHURNOPS_PSI_FAIL the check fails as an error."),
@@ -65,8 +65,8 @@ def _drift_result(check: str, value: float, column: str, warn: float, fail: floa
 )
 def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
     settings = get_settings()
-    reference = read_split("train")
     champion = registry.champion()
+    reference = registry.reference(champion.version)
     reference_scores = pd.Series(
         registry.load(champion.version).predict_proba(reference[list(FEATURE_COLUMNS)])[:, 1], name=PREDICTION
     )
@@ -124,7 +124,7 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
     description="Evidently's data-drift report (HTML) of the latest day in the run against the "
     "training reference, saved under reports/; per-column drift scores as metadata.",
 )
-def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
     from evidently import Report
     from evidently.presets import DataDriftPreset
 
@@ -134,7 +134,7 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.
         population = _day_population(con, day)
     if population.empty:
         raise dg.Failure(description=f"no scored users on {day}: materialize churn_scores first")
-    reference = read_split("train")[list(FEATURE_COLUMNS)]
+    reference = registry.reference(registry.champion().version)[list(FEATURE_COLUMNS)]
     snapshot = Report([DataDriftPreset(method="psi", threshold=settings.psi_warn)]).run(
         current_data=population[list(FEATURE_COLUMNS)], reference_data=reference
     )

@@ -18,6 +18,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
+from churn_assets.incidents import REASON_TAG, TRIGGER_TAG, record_retrain_step
 from churn_assets.resources import Warehouse
 from churn_assets.settings import DBT_PROJECT_DIR, PROJECT_ROOT, get_settings
 from churn_assets.train.candidates import CANDIDATES, Evaluation, evaluate
@@ -35,6 +36,11 @@ def training_set_path() -> Path:
     return get_settings().training_dir / TRAINING_SET_FILE
 
 
+def champion_data_version(version: int | str | None) -> dg.DataVersion:
+    """production_model's data version: which version is champion, not when the gate last ran."""
+    return dg.DataVersion(f"champion-v{version}" if version is not None else "no-champion")
+
+
 def read_split(name: str) -> pd.DataFrame:
     frame = pd.read_parquet(training_set_path())
     return frame[frame["split"] == name]
@@ -50,6 +56,8 @@ def read_split(name: str) -> pd.DataFrame:
 )
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     settings = get_settings()
+    tags = context.run.tags
+    record_retrain_step(context.run.run_id, tags, f"started: {tags.get(TRIGGER_TAG)} failed: {tags.get(REASON_TAG)}")
     with warehouse.get_connection() as con:
         frame = load_labelled_features(con)
     if frame.empty:
@@ -153,6 +161,7 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
 
     best = max(results, key=lambda n: results[n][0].metrics["roc_auc"])
     evaluation, run_id, model_uri, plots = results[best]
+    registry.save_reference(run_id, train[list(FEATURE_COLUMNS)])
     version = mlflow.register_model(model_uri, registry.model_name)
     client = registry.client()
     for key, value in {"candidate": best, "run_id": run_id, **tags, **evaluation.metrics}.items():
@@ -196,7 +205,9 @@ def _holdout_auc(registry: ModelRegistry, version: str, holdout: pd.DataFrame) -
     deps=[churn_model],
     kinds={"mlflow"},
     description="The promotion gate: moves churn-model@champion to the newest version only if it "
-    "passes the floors and beats the champion on the same holdout by the configured margin.",
+    "passes the floors and beats the champion on the same holdout by the configured margin. Every "
+    "decision is a materialization; its data version is the champion's version, so what depends on "
+    "the champion follows only when it changes.",
 )
 def production_model(context: dg.AssetExecutionContext, registry: ModelRegistry) -> dg.MaterializeResult:
     settings = get_settings()
@@ -228,7 +239,9 @@ def production_model(context: dg.AssetExecutionContext, registry: ModelRegistry)
         client.set_model_version_tag(registry.model_name, candidate.version, key, str(value))
     current = registry.champion()
     context.log.info(f"gate: {gate['gate_decision']}: {reason}")
+    record_retrain_step(context.run.run_id, context.run.tags, f"gate {gate['gate_decision']} version {candidate.version}: {reason}")
     return dg.MaterializeResult(
+        data_version=champion_data_version(current.version if current else None),
         metadata={
             "decision": gate["gate_decision"],
             "reason": reason,

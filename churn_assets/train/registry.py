@@ -8,10 +8,12 @@ to import and the code location should load fast.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from churn_assets.settings import CHAMPION_ALIAS, EXPERIMENT_NAME, MODEL_NAME
@@ -22,6 +24,10 @@ SKOPS_TRUSTED_TYPES = [
     "sklearn.utils.validation.check_array",
 ]
 """Types inside our own pipelines that skops does not trust by default; we wrote these files."""
+
+REFERENCE_ARTIFACT_DIR = "reference"
+REFERENCE_FILE = "training_reference.parquet"
+"""Beside each registered model, the training features it learnt from: its drift reference."""
 
 CHAMPION_SINCE = "champion_since"
 ROLLED_BACK = "rolled_back_at"
@@ -84,6 +90,25 @@ class ModelRegistry(dg.ConfigurableResource):
 
         self.activate()
         return mlflow.sklearn.load_model(f"models:/{self.model_name}/{version}")
+
+    def save_reference(self, run_id: str, features: pd.DataFrame) -> None:
+        """Stores the training features with the run, so drift is measured against the model in use."""
+        folder = Path(tempfile.mkdtemp(prefix="churnops-reference-"))
+        features.to_parquet(folder / REFERENCE_FILE, index=False)
+        self.client().log_artifact(run_id, str(folder / REFERENCE_FILE), artifact_path=REFERENCE_ARTIFACT_DIR)
+
+    def reference(self, version: int | str) -> pd.DataFrame:
+        """The training features of this model version (not of whatever was trained last)."""
+        import mlflow.artifacts
+
+        run_id = self.client().get_model_version(self.model_name, str(version)).run_id
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}",
+            tracking_uri=self.tracking_uri,
+            dst_path=tempfile.mkdtemp(prefix="churnops-reference-"),
+        )
+        return pd.read_parquet(path)
 
     def promote(self, version: int | str) -> None:
         client = self.client()

@@ -18,7 +18,8 @@ from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.transform.project import dbt_project
 
-DAILY_MODELS = "int_user_daily_activity fct_user_features"
+DAILY_MODELS = "stg_events int_user_daily_activity fct_user_features"
+CHECK_WITH_ITS_MODEL = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
 DATE_COLUMNS = {
     "int_user_daily_activity": "activity_date",
     "fct_user_features": "snapshot_date",
@@ -34,6 +35,16 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
         if unique_id.startswith("model."):
             spec = spec.replace_attributes(group_name="transform")
         return spec
+
+    def get_asset_check_spec(self, asset_spec, manifest, unique_id, project) -> dg.AssetCheckSpec | None:
+        """dbt tests run with their model when automation requests it.
+
+        A dbt test is a check Dagster can leave out of a run; without a condition of its own,
+        automation would build the model and skip its tests, and everything downstream would then
+        wait for blocking checks that never ran against the new data.
+        """
+        spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
+        return spec._replace(automation_condition=CHECK_WITH_ITS_MODEL) if spec else None
 
 
 translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))

@@ -6,13 +6,25 @@ evaluates once and then reports what it requested as done, the way a run would.
 """
 
 import datetime as dt
-import json
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationPlanned,
+    AssetCheckEvaluationTargetMaterializationData,
+)
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.events import DagsterEvent, DagsterEventType
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
-from churn_assets.automation import DAILY_FRESHNESS, MODEL_FRESHNESS, retrain_on_failed_checks
+from churn_assets.automation import (
+    DAILY_FRESHNESS,
+    MODEL_FRESHNESS,
+    RETRAIN_SENSOR,
+    decide_retrain,
+    retrain_on_failed_checks,
+)
 from churn_assets.monitor.assets import FEATURE_DRIFT_CHECK, PERFORMANCE_CHECK, PREDICTION_DRIFT_CHECK
 
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
@@ -38,6 +50,7 @@ class Automation:
         self.instance = dg.DagsterInstance.ephemeral()
         self.cursor = None
         self.minutes = 0
+        self.requested_checks: set[dg.AssetCheckKey] = set(self.graph.asset_check_keys)
         with partition_loading_context(effective_dt=NOW):
             self.complete({key: self._all_partitions(key) for key in self.graph.get_all_asset_keys()})
         assert self.tick() == {}, "a complete, checked history should request nothing"
@@ -47,16 +60,28 @@ class Automation:
         return partitions.get_partition_keys() if partitions else [None]
 
     def complete(self, runs: dict[dg.AssetKey, list[str | None]]) -> None:
-        """Records what a successful run of these asset partitions leaves behind: materializations, passed checks."""
+        """Records what a successful run of these asset partitions leaves behind: materializations, passed checks.
+
+        As in a real run, a check runs with its asset if it is part of the asset's own step, and
+        a check Dagster may leave out (a dbt test) runs only if the tick requested it too.
+        """
         for key, partitions in runs.items():
             for partition in partitions:
                 self.instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=partition))
+            (latest,) = self.instance.fetch_materializations(key, limit=1).records
+            target = AssetCheckEvaluationTargetMaterializationData(
+                storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
+            )
             for check in self.graph.get(key).check_keys:
-                self.check(check, passed=True)
+                if not self.graph.assets_def_for_key(key).can_subset or check in self.requested_checks:
+                    self.check(check, passed=True, target=target)
 
-    def check(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR) -> None:
+    def check(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR, target=None) -> None:
         self.instance.report_runless_asset_event(
-            dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity)
+            dg.AssetCheckEvaluation(
+                asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity,
+                target_materialization_data=target,
+            )
         )
 
     def tick(self) -> dict[str, list[str | None]]:
@@ -70,8 +95,9 @@ class Automation:
         )
         self.cursor = result.cursor
         requested = {}
+        self.requested_checks = {e.key for e in result.results if isinstance(e.key, dg.AssetCheckKey) and e.true_subset.size}
         for evaluation in result.results:
-            if evaluation.true_subset.size:
+            if evaluation.true_subset.size and isinstance(evaluation.key, dg.AssetKey):
                 partitions = evaluation.true_subset.expensively_compute_asset_partitions()
                 requested[evaluation.key] = sorted((p.partition_key for p in partitions), key=str)
         return requested
@@ -90,14 +116,30 @@ def automation(defs) -> Automation:
 def test_a_new_raw_partition_refreshes_the_dbt_models_scores_and_monitoring_downstream(automation):
     automation.complete({dg.AssetKey("raw_events"): [YESTERDAY]})
 
-    first, second, third = (automation.tick_and_run() for _ in range(3))
+    first, second = automation.tick_and_run(), automation.tick_and_run()
 
-    assert first == {"stg_events": [None]}
-    assert second == {
+    assert first == {
         name: [YESTERDAY]
-        for name in ("int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report")
-    }
-    assert third == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None]}
+        for name in ("stg_events", "int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report")
+    }, "one run for the day's whole chain"
+    assert second == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None]}
+    assert automation.tick_and_run() == {}
+
+
+def test_a_night_waits_for_the_cron_then_loads_users_then_the_days_events_and_their_chain(automation):
+    automation.minutes += 12 * 60 + 30
+    assert automation.tick_and_run() == {}, "after midnight a new partition exists, and its raw events do not"
+
+    automation.minutes += 60
+    today = "2026-11-23"
+    assert automation.tick_and_run() == {"raw_users": [None], "stg_users": [None]}, "the 01:00 cron loads users first"
+    assert automation.tick_and_run() == {
+        name: [today]
+        for name in (
+            "raw_events", "stg_events", "int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report"
+        )
+    }, "then the day's events and their whole chain, as one run"
+    assert automation.tick_and_run() == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None]}
     assert automation.tick_and_run() == {}
 
 
@@ -109,7 +151,7 @@ def test_a_failing_blocking_check_holds_everything_downstream_until_it_passes(au
     assert automation.tick_and_run() == {}
 
     automation.check(dg.AssetCheckKey(dg.AssetKey("raw_events"), "events_unique_ids"), passed=True)
-    assert automation.tick_and_run() == {"stg_events": [None]}
+    assert "stg_events" in automation.tick_and_run()
 
 
 def test_the_model_is_not_retrained_just_because_new_data_arrived(automation):
@@ -118,6 +160,27 @@ def test_the_model_is_not_retrained_just_because_new_data_arrived(automation):
     for _ in range(4):
         requested |= set(automation.tick_and_run())
     assert not requested & {"training_set", "churn_model", "production_model", "bento_model"}
+
+
+def test_a_kept_champion_changes_nothing_downstream_and_a_new_one_rescores_the_latest_day(automation):
+    def gate(champion: str) -> None:
+        automation.instance.report_runless_asset_event(
+            dg.AssetMaterialization("production_model", tags={DATA_VERSION_TAG: champion})
+        )
+
+    gate("champion-v1")
+    automation.tick_and_run()
+    while automation.tick_and_run():
+        pass
+
+    gate("champion-v1")
+    assert automation.tick_and_run() == {}, "the gate kept the champion: no re-score, no re-export"
+
+    gate("champion-v2")
+    first, second = automation.tick_and_run(), automation.tick_and_run()
+    assert first == {"churn_scores": [YESTERDAY], "feature_drift": [YESTERDAY], "drift_report": [YESTERDAY], "bento_model": [None]}
+    assert second == {"high_risk_users": [None], "model_performance": [None]}
+    assert automation.tick_and_run() == {}
 
 
 def test_daily_assets_expect_a_fresh_day_and_the_model_a_fresh_week(defs):
@@ -139,11 +202,14 @@ def test_the_automation_and_retrain_sensors_are_on_from_the_start(defs):
 
 
 class RetrainSensor:
-    """Ticks of the retrain sensor against one instance, carrying its cursor as the daemon does."""
+    """Ticks of the retrain sensor against one instance, doing with its requests what the daemon does.
+
+    The daemon turns a request into a queued run tagged with the sensor's name and the run key,
+    unless a run with that key exists; that run is what later ticks (and the CLI) see.
+    """
 
     def __init__(self, instance: dg.DagsterInstance):
         self.instance = instance
-        self.cursor = None
 
     def report(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR) -> None:
         self.instance.report_runless_asset_event(
@@ -153,11 +219,39 @@ class RetrainSensor:
             )
         )
 
+    def plan(self, key: dg.AssetCheckKey) -> dg.DagsterRun:
+        """A run that will evaluate the check is in flight: Dagster stores a planned evaluation for it."""
+        run = self.instance.add_run(dg.DagsterRun(job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED))
+        self.instance.report_dagster_event(
+            DagsterEvent(
+                event_type_value=DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value,
+                job_name=run.job_name,
+                event_specific_data=AssetCheckEvaluationPlanned(asset_key=key.asset_key, check_name=key.name),
+            ),
+            run_id=run.run_id,
+        )
+        return run
+
+    def finish(self, run: dg.DagsterRun, status=dg.DagsterRunStatus.SUCCESS) -> None:
+        self.instance.handle_run_event(
+            run.run_id,
+            DagsterEvent(
+                event_type_value=(
+                    DagsterEventType.RUN_SUCCESS if status == dg.DagsterRunStatus.SUCCESS else DagsterEventType.RUN_FAILURE
+                ).value,
+                job_name=run.job_name,
+            ),
+        )
+
     def tick(self) -> list[dg.RunRequest]:
-        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor)
-        result = retrain_on_failed_checks(context)
-        self.cursor = context.cursor
-        return list(result) if isinstance(result, list) else []
+        result = retrain_on_failed_checks(dg.build_sensor_context(instance=self.instance))
+        requests = list(result) if isinstance(result, list) else []
+        self.skip_reason = result.skip_message if isinstance(result, dg.SkipReason) else None
+        for request in requests:
+            tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: RETRAIN_SENSOR}
+            if not self.instance.get_runs(dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key})):
+                self.instance.add_run(dg.DagsterRun(job_name="retrain", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags))
+        return requests
 
 
 @pytest.fixture
@@ -172,9 +266,15 @@ def test_a_failing_drift_check_requests_exactly_one_retrain(sensor, platform):
 
     assert len(requests) == 1
     assert requests[0].tags["churnops/trigger"] == DRIFT.to_user_string()
+    assert requests[0].tags["churnops/reason"].startswith("largest PSI 0.412")
     assert sensor.tick() == [], "the same failing evaluation must not retrain twice"
-    incidents = (platform.data_dir / "logs" / "incidents.log").read_text()
-    assert "retraining: feature_drift:feature_drift_below_threshold failed: largest PSI 0.412" in incidents
+    assert "no drift or performance check has failed since the last retrain" in sensor.skip_reason
+
+
+def test_the_sensor_writes_no_incident_for_a_run_it_only_requested(sensor, platform):
+    sensor.report(DRIFT, passed=False)
+    assert len(sensor.tick()) == 1
+    assert not (platform.data_dir / "logs" / "incidents.log").exists(), "the retrain run writes its own lines"
 
 
 def test_passing_checks_and_warnings_request_nothing(sensor):
@@ -184,6 +284,23 @@ def test_passing_checks_and_warnings_request_nothing(sensor):
     assert sensor.tick() == []
 
 
+def test_a_planned_evaluation_waits_for_its_run_without_error(sensor):
+    sensor.report(DRIFT, passed=False)
+    in_flight = sensor.plan(DRIFT)
+
+    assert sensor.tick() == [], "the failure is being re-evaluated by a run in flight: wait for its verdict"
+
+    sensor.finish(in_flight)
+    sensor.report(DRIFT, passed=False)
+    assert len(sensor.tick()) == 1
+
+
+def test_a_planned_evaluation_whose_run_ended_without_it_falls_back_to_the_last_verdict(sensor):
+    sensor.report(DRIFT, passed=False)
+    sensor.finish(sensor.plan(DRIFT), status=dg.DagsterRunStatus.FAILURE)
+    assert len(sensor.tick()) == 1
+
+
 def test_a_persistent_drift_retrains_once_per_cool_down(sensor, platform):
     sensor.report(DRIFT, passed=False)
     assert len(sensor.tick()) == 1
@@ -191,12 +308,24 @@ def test_a_persistent_drift_retrains_once_per_cool_down(sensor, platform):
     sensor.report(DRIFT, passed=False)
     sensor.report(PERFORMANCE, passed=False)
     assert sensor.tick() == [], "a new failure within the cool-down waits"
+    assert "within the 24 h cool-down" in sensor.skip_reason
 
     platform.configure(CHURNOPS_RETRAIN_COOLDOWN_HOURS="0")
+    assert len(sensor.tick()) == 1, "after the cool-down, the failures newer than the last retrain count"
+    assert sensor.tick() == []
+
+
+def test_a_retrain_launched_by_the_cli_counts_for_the_daemon(sensor, platform):
     sensor.report(DRIFT, passed=False)
-    requests = sensor.tick()
-    assert len(requests) == 1
-    assert json.loads(sensor.cursor)["last_retrain"] > 0
+    (request,) = [decide_retrain(platform.instance).request]
+    platform.instance.add_run(
+        dg.DagsterRun(
+            job_name="retrain",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: RETRAIN_SENSOR},
+        )
+    )
+    assert sensor.tick() == []
 
 
 def test_every_failing_evaluation_gets_its_own_run_key(sensor, platform):

@@ -37,6 +37,7 @@ EVENT_CASES = {
     "unparseable timestamp": (None, ["1,1,login,2026-07-01 09:00:00,", "2,1,login,yesterday,"], "events_column_types", ["column event_ts", "events.csv row 2", "'yesterday'"]),
     "text in a number column": (None, ["1,one,login,2026-07-01 09:00:00,"], "events_column_types", ["column user_id", "events.csv row 1", "'one'"]),
     "missing user": (None, ["1,1,login,2026-07-01 09:00:00,", "2,,login,2026-07-01 09:00:00,"], "events_keys_not_null", ["user_id", "events.csv row 2"]),
+    "user not in the users file": (None, ["1,1,login,2026-07-01 09:00:00,", "2,3,login,2026-07-01 09:00:00,"], "events_known_users", ["column user_id", "events.csv row 2"]),
     "unknown event type": (None, ["1,1,logn,2026-07-01 09:00:00,"], "events_known_types", ["column event_type", "events.csv row 1"]),
     "duplicate event id": (None, ["7,1,login,2026-07-01 09:00:00,", "7,2,login,2026-07-01 10:00:00,"], "events_unique_ids", ["column event_id", "events.csv row 1", "events.csv row 2"]),
     "timestamp in the future": (None, ["1,1,login,2099-07-01 09:00:00,"], "events_not_in_future", ["column event_ts", "events.csv row 1"]),
@@ -112,6 +113,6 @@ def test_a_broken_file_stops_the_graph_and_keeps_the_last_good_features(platform
     result = platform.materialize_data(DAY, DAY)
 
     _rejected(result, "raw_events")
-    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
-    assert started == {"raw_users", "raw_events"}, "no dbt model may run on a rejected batch"
+    built = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+    assert built == {"raw_users", "staging/stg_users"}, "nothing downstream of the rejected events may be built"
     assert platform.query("SELECT * FROM marts.fct_user_features ORDER BY ALL") == features_before

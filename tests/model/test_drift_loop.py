@@ -1,7 +1,8 @@
 """The loop end to end: the generator's drift switch is noticed, and the platform retrains by itself.
 
-One platform whose behaviour shifts from DRIFT_FROM on: a single materialization pass, one tick of
-the retrain sensor, and the run it asks for, exactly what ``churnops drift-demo`` does.
+One platform whose behaviour shifts from DRIFT_FROM on: a single materialization pass, the retrain
+loop's decision, and the run it asks for, exactly what ``churnops drift-demo`` does without a daemon
+(``tests/soak`` runs the same loop under the real daemon).
 """
 
 import datetime as dt
@@ -9,7 +10,8 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from churn_assets.cli import gate_decision, run_retrain, tick_retrain_sensor
+from churn_assets.automation import decide_retrain
+from churn_assets.cli import gate_decision, run_retrain
 from churn_assets.monitor.assets import DRIFT_TABLE, FEATURE_DRIFT_CHECK
 from tests.conftest import SMALL_GRAPH_DAYS
 
@@ -47,21 +49,30 @@ def test_the_failed_drift_check_names_the_feature_and_is_an_error(drifted):
     assert "largest PSI" in check.description and check.metadata["column"].value in check.description
 
 
-def test_one_sensor_tick_retrains_and_the_gate_records_its_decision(drifted):
+def test_one_decision_retrains_and_the_gate_records_its_decision(drifted):
     platform, _ = drifted
     registry = platform.resources["registry"]
     versions_before = int(registry.latest_version().version)
 
-    requests = tick_retrain_sensor(platform.instance)
-    assert len(requests) == 1
-    result = run_retrain(requests[0], resources=platform.resources, instance=platform.instance)
+    decision = decide_retrain(platform.instance)
+    assert decision.request is not None, decision.reason
+    result = run_retrain(decision.request, resources=platform.resources, instance=platform.instance)
 
     assert result.success
     new_version = registry.latest_version()
     assert int(new_version.version) == versions_before + 1
-    gate = gate_decision(result)
+    gate = gate_decision(platform.instance, result.run_id)
     assert gate["candidate_version"] == int(new_version.version)
     assert gate["decision"] in {"promoted", "kept_champion"}
     assert new_version.tags["gate_decision"] == gate["decision"]
     run = platform.instance.get_run_by_id(result.run_id)
-    assert run.tags["dagster/run_key"] == requests[0].run_key, "tagged so the daemon's sensor does not repeat it"
+    assert run.job_name == "retrain"
+    assert run.tags["dagster/run_key"] == decision.request.run_key, "tagged so the daemon's sensor does not repeat it"
+    assert decide_retrain(platform.instance).request is None, "the drift episode has had its retrain"
+
+    incidents = (platform.data_dir / "logs" / "incidents.log").read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in incidents] == [
+        f"retrain run {result.run_id}: started: feature_drift:{FEATURE_DRIFT_CHECK} failed: "
+        f"{decision.request.tags['churnops/reason']}",
+        f"retrain run {result.run_id}: gate {gate['decision']} version {gate['candidate_version']}: {gate['reason']}",
+    ]
