@@ -44,7 +44,12 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
         wait for blocking checks that never ran against the new data.
         """
         spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
-        return spec._replace(automation_condition=CHECK_WITH_ITS_MODEL) if spec else None
+        if spec is None:
+            return None
+        daily = spec.asset_key.path[-1] in DAILY_MODELS.split()
+        return spec._replace(
+            automation_condition=CHECK_WITH_ITS_MODEL, partitions_def=daily_partitions if daily else None
+        )
 
 
 translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))

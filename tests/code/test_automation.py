@@ -65,23 +65,42 @@ class Automation:
         As in a real run, a check runs with its asset if it is part of the asset's own step, and
         a check Dagster may leave out (a dbt test) runs only if the tick requested it too.
         """
+        run = self._run()
         for key, partitions in runs.items():
             for partition in partitions:
                 self.instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=partition))
-            (latest,) = self.instance.fetch_materializations(key, limit=1).records
-            target = AssetCheckEvaluationTargetMaterializationData(
-                storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
-            )
-            for check in self.graph.get(key).check_keys:
-                if not self.graph.assets_def_for_key(key).can_subset or check in self.requested_checks:
-                    self.check(check, passed=True, target=target)
+            checks = [
+                check for check in self.graph.get(key).check_keys
+                if not self.graph.assets_def_for_key(key).can_subset or check in self.requested_checks
+            ]
+            by_partition = {p: self._latest(key, p) for p in partitions} if checks else {}
+            for check in checks:
+                partitioned = self.graph.get(check).partitions_def is not None
+                for partition in partitions if partitioned else [None]:
+                    target = by_partition[partition] if partitioned else self._latest(key, None)
+                    self.check(check, passed=True, partition=partition, target=target, run=run)
 
-    def check(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR, target=None) -> None:
-        self.instance.report_runless_asset_event(
-            dg.AssetCheckEvaluation(
-                asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity,
-                target_materialization_data=target,
-            )
+    def _run(self) -> dg.DagsterRun:
+        return self.instance.add_run(dg.DagsterRun(job_name="checks", status=dg.DagsterRunStatus.SUCCESS))
+
+    def _latest(self, key: dg.AssetKey, partition: str | None):
+        filter_ = dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None)
+        (latest,) = self.instance.fetch_materializations(filter_, limit=1).records
+        return AssetCheckEvaluationTargetMaterializationData(
+            storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
+        )
+
+    def check(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR, partition=None,
+              target=None, run=None) -> None:
+        """A check evaluated in a run against the asset's (or the partition's) latest materialization."""
+        run = run or self._run()
+        evaluation = dg.AssetCheckEvaluation(
+            asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity, partition=partition,
+            target_materialization_data=target or self._latest(key.asset_key, partition),
+        )
+        self.instance.report_dagster_event(
+            DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name=run.job_name, event_specific_data=evaluation),
+            run_id=run.run_id,
         )
 
     def tick(self) -> dict[str, list[str | None]]:
@@ -144,7 +163,7 @@ def test_a_night_waits_for_the_cron_then_loads_users_then_the_days_events_and_th
 
 
 def test_a_failing_blocking_check_holds_everything_downstream_until_it_passes(automation):
-    automation.instance.report_runless_asset_event(dg.AssetMaterialization("raw_events", partition=YESTERDAY))
+    automation.complete({dg.AssetKey("raw_events"): [YESTERDAY]})
     automation.check(dg.AssetCheckKey(dg.AssetKey("raw_events"), "events_unique_ids"), passed=False)
 
     assert automation.tick_and_run() == {}
