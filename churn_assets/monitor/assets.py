@@ -9,7 +9,6 @@ import datetime as dt
 
 import dagster as dg
 import pandas as pd
-from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
 from churn_assets.monitor.drift import psi, psi_by_column
@@ -172,6 +171,8 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
     "realised ROC-AUC, precision and recall next to the scoring model's holdout ROC-AUC (table monitor.model_performance).",
 )
 def model_performance(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
     settings = get_settings()
     with warehouse.get_connection() as con:
         joined = con.execute(

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
 from churn_assets.incidents import REASON_TAG, TRIGGER_TAG, record_retrain_step
 from churn_assets.resources import Warehouse
 from churn_assets.settings import DBT_PROJECT_DIR, PROJECT_ROOT, get_settings
-from churn_assets.train.candidates import CANDIDATES, Evaluation, evaluate
 from churn_assets.train.dataset import NotEnoughHistory, load_labelled_features, time_split
-from churn_assets.train.plots import markdown_image, save_plots
 from churn_assets.train.promotion import decide
 from churn_assets.train.registry import SKOPS_TRUSTED_TYPES, ModelRegistry
 
@@ -93,11 +90,13 @@ def _provenance() -> dict[str, str]:
     }
 
 
-def _log_candidate(name, model, evaluation: Evaluation, train, holdout, tags, seed, threshold) -> tuple[str, str, dict]:
+def _log_candidate(name, model, evaluation, train, holdout, tags, seed, threshold) -> tuple[str, str, dict]:
     """One MLflow run for one candidate; returns its run id, model URI and plot files."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
+
+    from churn_assets.train.plots import save_plots
 
     features = list(FEATURE_COLUMNS)
     with mlflow.start_run(run_name=name) as run:
@@ -143,6 +142,9 @@ def _log_candidate(name, model, evaluation: Evaluation, train, holdout, tags, se
 )
 def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
     import mlflow
+
+    from churn_assets.train.candidates import CANDIDATES, evaluate
+    from churn_assets.train.plots import markdown_image
 
     settings = get_settings()
     train, holdout = read_split("train"), read_split("holdout")
@@ -196,6 +198,8 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
 
 
 def _holdout_auc(registry: ModelRegistry, version: str, holdout: pd.DataFrame) -> float:
+    from sklearn.metrics import roc_auc_score
+
     model = registry.load(version)
     return float(roc_auc_score(holdout[LABEL_COLUMN], model.predict_proba(holdout[list(FEATURE_COLUMNS)])[:, 1]))
 

@@ -33,7 +33,7 @@ from churn_assets.automation import RETRAIN_SENSOR
 from churn_assets.incidents import TRIGGER_TAG
 from churn_assets.settings import PROJECT_ROOT, TELEMETRY_OFF
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 START = dt.date(2026, 7, 1)
 BROUGHT_UP_ON = dt.date(2026, 10, 29)
