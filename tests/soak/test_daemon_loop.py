@@ -200,7 +200,7 @@ class DaemonPlatform:
             return con.execute(sql).fetchall()
 
     def materialized_partitions(self, asset: str) -> set[str]:
-        return set(self.instance.get_materialized_partitions(dg.AssetKey(asset)))
+        return set(self.instance.get_materialized_partitions(dg.AssetKey.from_user_string(asset)))
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def lived(tmp_path_factory: pytest.TempPathFactory):
 def test_every_night_the_new_day_flows_from_raw_data_to_scores_and_drift(lived):
     platform, _ = lived
     loaded = [(day - dt.timedelta(days=1)).isoformat() for day in DAYS]
-    for asset in ("raw_events", "fct_user_features", "churn_scores", "feature_drift", "drift_report"):
+    for asset in ("raw_events", "staging/stg_events", "marts/fct_user_features", "churn_scores", "feature_drift", "drift_report"):
         assert set(loaded) <= platform.materialized_partitions(asset), asset
     for table, column in (
         ("raw.events", "CAST(event_ts AS DATE)"),
