@@ -50,6 +50,8 @@ CHAMPION_CHANGED = (
 FOLLOW_CHAMPION = FOLLOW_UPSTREAM.replace(
     "any_deps_updated", dg.AutomationCondition.any_deps_updated().ignore(CHAMPION) | CHAMPION_CHANGED
 )
+CHECK_WITH_ITS_MODEL = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+"""dbt tests are checks a run may leave out: they are requested whenever their model is."""
 RETRAIN_DUE = dg.AutomationCondition.on_cron(WEEKLY_RETRAIN_CRON) | (
     dg.AutomationCondition.freshness_warned().newly_true() & ~dg.AutomationCondition.in_progress()
 )

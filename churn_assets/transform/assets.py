@@ -14,12 +14,12 @@ from typing import Any
 import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
+from churn_assets.automation import CHECK_WITH_ITS_MODEL
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.transform.project import dbt_project
 
 DAILY_MODELS = "stg_events int_user_daily_activity fct_user_features"
-CHECK_WITH_ITS_MODEL = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
 DATE_COLUMNS = {
     "int_user_daily_activity": "activity_date",
     "fct_user_features": "snapshot_date",

@@ -101,6 +101,7 @@ class DaemonPlatform:
         self.env.pop("CHURNOPS_WAREHOUSE", None)
         self.daemon: subprocess.Popen | None = None
         self.processes: list[subprocess.Popen] = []
+        self.workspace: Path | None = None
         self.instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
 
     def churnops(self, *args: str) -> subprocess.CompletedProcess:
@@ -120,9 +121,9 @@ class DaemonPlatform:
         self.processes.append(process)
         return process
 
-    def start_daemon(self) -> None:
-        """A code server of its own, as in production: one the daemon starts itself is restarted
-        whenever the daemon refreshes its workspace, which a jump of the clock triggers."""
+    def start_code_server(self) -> None:
+        """A code server of its own, as in production (``dagster api grpc``): one that the daemon
+        manages is restarted whenever the daemon refreshes its workspace."""
         port = _free_port()
         self._start("code_server", "dagster", "api", "grpc", "-m", "churn_assets.definitions", "-h", "127.0.0.1", "-p", str(port))
         health = [str(Path(sys.executable).with_name("dagster")), "api", "grpc-health-check", "-p", str(port)]
@@ -131,22 +132,36 @@ class DaemonPlatform:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the code server did not answer; see {self.data_dir}/code_server.log")
             time.sleep(1)
-        workspace = self.data_dir / "workspace.yaml"
-        workspace.write_text(
+        self.workspace = self.data_dir / "workspace.yaml"
+        self.workspace.write_text(
             f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n      location_name: churn_assets\n"
         )
-        self.daemon = self._start("daemon", "dagster-daemon", "run", "-w", str(workspace))
+
+    def move_clock(self, when: dt.datetime) -> None:
+        """Jumps the clock with the daemon stopped, as a night passes while nobody watches.
+
+        The daemon's loops pace themselves by the wall clock, and a jump of hours under a running
+        daemon stalls its threads; a daemon restarted after the jump resumes from what it stored
+        in the instance (sensor cursors, ticks), as after any restart.
+        """
+        self._stop(self.daemon)
+        self.clock.set(when)
+        self.daemon = self._start("daemon", "dagster-daemon", "run", "-w", str(self.workspace))
+        self.wait_for_tick("automation", after=when.timestamp())
+
+    def _stop(self, process: subprocess.Popen | None) -> None:
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
     def stop(self) -> None:
         for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            self._stop(process)
 
     def ticks(self, sensor: str) -> list:
         """The sensor's ticks, newest first, as the daemon stored them."""
@@ -185,9 +200,7 @@ class DaemonPlatform:
 
     def night(self, day: dt.date) -> None:
         """Moves the clock to just before the 01:00 cron on ``day``, lets it fire, and waits for the flow to settle."""
-        before = dt.datetime.combine(day, dt.time(0, 59, 50), tzinfo=dt.UTC)
-        self.clock.set(before)
-        self.wait_for_tick("automation", after=before.timestamp())
+        self.move_clock(dt.datetime.combine(day, dt.time(0, 59, 50), tzinfo=dt.UTC))
         after = dt.datetime.combine(day, dt.time(1, 0, 5), tzinfo=dt.UTC)
         self.clock.set(after)
         self.wait_until_idle(since=after.timestamp())
@@ -210,14 +223,14 @@ def lived(tmp_path_factory: pytest.TempPathFactory):
     bring_up = platform.churnops("materialize")
     assert bring_up.returncode == 0, bring_up.stdout + bring_up.stderr
     platform.bring_up_run = platform.instance.get_run_records(limit=1)[0].dagster_run.run_id
-    platform.start_daemon()
     demo = None
     try:
+        platform.start_code_server()
         for day in DAYS:
             platform.night(day)
             if day == DRIFT_DEMO_ON:
                 morning = dt.datetime.combine(day, dt.time(9, 0), tzinfo=dt.UTC)
-                platform.clock.set(morning)
+                platform.move_clock(morning)
                 demo = platform.churnops("drift-demo")
                 platform.wait_until_idle(since=morning.timestamp())
     finally:
