@@ -144,11 +144,13 @@ def register_model():
 
     from churn_assets.train.registry import SKOPS_TRUSTED_TYPES
 
-    def register(registry, model) -> int:
+    def register(registry, model, reference=None) -> int:
         registry.activate()
         mlflow.set_experiment(registry.experiment_name)
-        with mlflow.start_run():
+        with mlflow.start_run() as run:
             info = mlflow.sklearn.log_model(model, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)
+        if reference is not None:
+            registry.save_reference(run.info.run_id, reference)
         return int(mlflow.register_model(info.model_uri, registry.model_name).version)
 
     return register

@@ -25,7 +25,9 @@ from churn_assets.automation import (
     decide_retrain,
     retrain_on_failed_checks,
 )
+from churn_assets.cli import record_champion_change
 from churn_assets.monitor.assets import FEATURE_DRIFT_CHECK, PERFORMANCE_CHECK, PREDICTION_DRIFT_CHECK
+from churn_assets.train.assets import champion_data_version
 
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.UTC)
 YESTERDAY = "2026-11-22"
@@ -200,6 +202,20 @@ def test_a_kept_champion_changes_nothing_downstream_and_a_new_one_rescores_the_l
     assert first == {"churn_scores": [YESTERDAY], "feature_drift": [YESTERDAY], "drift_report": [YESTERDAY], "bento_model": [None]}
     assert second == {"high_risk_users": [None], "model_performance": [None]}
     assert automation.tick_and_run() == {}
+
+
+def test_a_rollback_by_the_cli_rescores_the_latest_day_and_reexports(automation):
+    automation.instance.report_runless_asset_event(
+        dg.AssetMaterialization("production_model", tags={DATA_VERSION_TAG: champion_data_version(2).value})
+    )
+    while automation.tick_and_run():
+        pass
+
+    record_champion_change(automation.instance, old=2, new=1)
+
+    assert automation.tick_and_run() == {
+        "churn_scores": [YESTERDAY], "feature_drift": [YESTERDAY], "drift_report": [YESTERDAY], "bento_model": [None]
+    }
 
 
 def test_daily_assets_expect_a_fresh_day_and_the_model_a_fresh_week(defs):

@@ -103,6 +103,21 @@ def test_a_worse_model_is_not_promoted_and_the_champion_stays(fresh_registry, re
     assert tags["gate_decision"] == "kept_champion" and tags["gate_champion_version"] == str(good)
 
 
+def test_drift_is_measured_against_the_champions_reference_not_a_rejected_candidates(fresh_registry, register_model):
+    registry, resources = fresh_registry
+    train = read_split("train")[list(FEATURE_COLUMNS)]
+    champion_reference, candidate_reference = train.iloc[::2], train.iloc[1::2]
+    good = register_model(registry, _fit(gradient_boosting), reference=champion_reference)
+    assert _gate(resources)["decision"].value == "promoted"
+    register_model(registry, _fit(gradient_boosting, shuffle=True), reference=candidate_reference)
+    assert _gate(resources)["decision"].value == "kept_champion"
+
+    reference = registry.reference(registry.champion().version)
+
+    assert int(registry.champion().version) == good
+    pd.testing.assert_frame_equal(reference, champion_reference.reset_index(drop=True))
+
+
 def test_a_better_model_is_promoted_and_rollback_restores_the_previous(fresh_registry, register_model):
     registry, resources = fresh_registry
     baseline = register_model(registry, _fit(logistic_regression, only="video_minutes_7d"))
