@@ -1,7 +1,8 @@
 """``feature_drift``, ``drift_report`` and ``model_performance``: is the champion still right?
 
 Drift compares each scored day's population with the scoring champion's own training reference,
-stored with its model version (a candidate the gate rejected never becomes the reference); performance waits until a scored day's 30-day labels exist
+stored with its model version (a candidate the gate rejected never becomes the reference), in
+DuckDB for every day of the run at once; performance waits until a scored day's 30-day labels exist
 and measures what the scores were worth. Their checks are what the retrain sensor listens to.
 """
 
@@ -11,7 +12,7 @@ import dagster as dg
 import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
-from churn_assets.monitor.drift import psi, psi_by_column
+from churn_assets.monitor.drift import column_bins, psi_by_day
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.score.assets import SCORES_TABLE, churn_scores
@@ -69,19 +70,15 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
     reference_scores = pd.Series(
         registry.load(champion.version).predict_proba(reference[list(FEATURE_COLUMNS)])[:, 1], name=PREDICTION
     )
-    window = context.partition_time_window
-    days = pd.date_range(window.start.date(), window.end.date() - dt.timedelta(days=1)).date
-    rows, latest = [], None
+    bins = [column_bins(reference[c], c) for c in FEATURE_COLUMNS] + [column_bins(reference_scores, PREDICTION)]
+    start, end = context.partition_time_window.start.date(), context.partition_time_window.end.date()
+    population = (
+        f"(SELECT f.*, s.{PREDICTION} FROM marts.fct_user_features AS f JOIN {SCORES_TABLE} AS s "
+        f"USING (user_id, snapshot_date) WHERE snapshot_date >= DATE '{start}' AND snapshot_date < DATE '{end}')"
+    )
     with warehouse.get_connection() as con:
-        for day in days:
-            population = _day_population(con, day)
-            if population.empty:
-                continue
-            values = psi_by_column(reference, population, list(FEATURE_COLUMNS))
-            values[PREDICTION] = psi(reference_scores, population[PREDICTION])
-            rows += [(day, column, value, column == PREDICTION) for column, value in values.items()]
-            latest = (day, values)
-        drift = pd.DataFrame(rows, columns=["snapshot_date", "column_name", "psi", "is_prediction"])
+        drift = psi_by_day(con, population, bins)
+        drift["is_prediction"] = drift["column_name"] == PREDICTION
         drift["model_version"] = int(champion.version)
         con.execute("CREATE SCHEMA IF NOT EXISTS monitor")
         con.execute(
@@ -90,12 +87,16 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
         )
         con.register("drift", drift)
         con.execute("BEGIN TRANSACTION")
-        con.execute(f"DELETE FROM {DRIFT_TABLE} WHERE snapshot_date >= ? AND snapshot_date < ?", [window.start.date(), window.end.date()])
+        con.execute(f"DELETE FROM {DRIFT_TABLE} WHERE snapshot_date >= ? AND snapshot_date < ?", [start, end])
         con.execute(f"INSERT INTO {DRIFT_TABLE} SELECT snapshot_date, column_name, psi, is_prediction, model_version FROM drift")
         con.execute("COMMIT")
-    if latest is None:
-        raise dg.Failure(description=f"no scored users between {days[0]} and {days[-1]}: materialize churn_scores first")
-    day, values = latest
+    if drift.empty:
+        raise dg.Failure(
+            description=f"no scored users between {start} and {end - dt.timedelta(days=1)}: materialize churn_scores first"
+        )
+    day = drift["snapshot_date"].max()
+    values = drift[drift["snapshot_date"] == day].set_index("column_name")["psi"].to_dict()
+    day = pd.Timestamp(day).date()
     features = {c: v for c, v in values.items() if c != PREDICTION}
     worst = max(features, key=features.get)
     yield dg.MaterializeResult(

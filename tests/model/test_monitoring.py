@@ -3,6 +3,7 @@
 import datetime as dt
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.ingest import synthetic
 from churn_assets.monitor.assets import DRIFT_TABLE, PERFORMANCE_TABLE, PREDICTION
-from churn_assets.monitor.drift import psi
+from churn_assets.monitor.drift import column_bins, psi, psi_by_day
 from churn_assets.settings import Settings
 from tests.conftest import SMALL_GRAPH_DAYS
 
@@ -29,6 +30,38 @@ def test_psi_grows_with_the_shift_across_the_usual_thresholds():
     slight, half = reference + 20, reference + 500
     assert 0 < psi(reference, slight) < DEFAULTS.psi_warn
     assert psi(reference, half) > DEFAULTS.psi_fail
+
+
+def test_psi_in_sql_for_every_day_at_once_equals_the_pandas_reference():
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame(
+        {
+            "logins": rng.poisson(3, 5000),
+            "minutes": rng.exponential(2, 5000).round(1),
+            "plan": rng.choice(["free", "pro", "team"], 5000, p=[0.6, 0.3, 0.1]),
+        }
+    )
+    days = pd.date_range("2026-10-01", periods=3).date
+    current = pd.concat(
+        pd.DataFrame(
+            {
+                "snapshot_date": day,
+                "logins": rng.poisson(3 + shift, 700),
+                "minutes": rng.exponential(2 + shift, 700).round(1),
+                "plan": rng.choice(["free", "pro", "team", "edu"], 700, p=[0.5, 0.3, 0.0, 0.2] if shift else [0.6, 0.3, 0.1, 0]),
+            }
+        )
+        for shift, day in enumerate(days)
+    )
+    con = duckdb.connect()
+    con.register("current_days", current)
+
+    in_sql = psi_by_day(con, "current_days", [column_bins(reference[c], c) for c in ("logins", "minutes", "plan")])
+
+    assert len(in_sql) == 9
+    for row in in_sql.itertuples():
+        day = current[current["snapshot_date"] == row.snapshot_date.date()]
+        assert row.psi == pytest.approx(psi(reference[row.column_name], day[row.column_name]), abs=1e-9)
 
 
 def test_psi_of_a_category_that_doubled_its_share():
