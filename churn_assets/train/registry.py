@@ -93,22 +93,24 @@ class ModelRegistry(dg.ConfigurableResource):
 
     def save_reference(self, run_id: str, features: pd.DataFrame) -> None:
         """Stores the training features with the run, so drift is measured against the model in use."""
-        folder = Path(tempfile.mkdtemp(prefix="churnops-reference-"))
-        features.to_parquet(folder / REFERENCE_FILE, index=False)
-        self.client().log_artifact(run_id, str(folder / REFERENCE_FILE), artifact_path=REFERENCE_ARTIFACT_DIR)
+        with tempfile.TemporaryDirectory(prefix="churnops-reference-") as folder:
+            path = Path(folder) / REFERENCE_FILE
+            features.to_parquet(path, index=False)
+            self.client().log_artifact(run_id, str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
 
     def reference(self, version: int | str) -> pd.DataFrame:
         """The training features of this model version (not of whatever was trained last)."""
         import mlflow.artifacts
 
         run_id = self.client().get_model_version(self.model_name, str(version)).run_id
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id,
-            artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}",
-            tracking_uri=self.tracking_uri,
-            dst_path=tempfile.mkdtemp(prefix="churnops-reference-"),
-        )
-        return pd.read_parquet(path)
+        with tempfile.TemporaryDirectory(prefix="churnops-reference-") as folder:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}",
+                tracking_uri=self.tracking_uri,
+                dst_path=folder,
+            )
+            return pd.read_parquet(path)
 
     def promote(self, version: int | str) -> None:
         client = self.client()
