@@ -100,10 +100,15 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 @dataclass(frozen=True)
 class RetrainDecision:
-    """What the retrain loop does now: ``request`` a run, or nothing, and why."""
+    """What the retrain loop does now: ``request`` a run, or nothing, and why.
+
+    ``waiting_on`` names a run in flight that will evaluate a watched check again: its verdict is
+    the one to act on, so nothing is decided before it ends.
+    """
 
     request: dg.RunRequest | None
     reason: str
+    waiting_on: str | None = None
 
 
 def latest_retrain(instance: dg.DagsterInstance) -> RunRecord | None:
@@ -112,8 +117,10 @@ def latest_retrain(instance: dg.DagsterInstance) -> RunRecord | None:
     return records[0] if records else None
 
 
-def _latest_evaluation(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> AssetCheckExecutionRecord | None:
-    """The newest finished evaluation, or None while a run that will evaluate the check is in flight.
+def _latest_evaluation(
+    instance: dg.DagsterInstance, key: dg.AssetCheckKey
+) -> tuple[AssetCheckExecutionRecord | None, str | None]:
+    """The newest finished evaluation, or the id of the run in flight that will evaluate the check.
 
     A *planned* record is what Dagster stores for a check whose run is queued or running: it has no
     verdict yet, so it says "wait". A planned record whose run ended without evaluating it (a
@@ -121,14 +128,14 @@ def _latest_evaluation(instance: dg.DagsterInstance, key: dg.AssetCheckKey) -> A
     """
     record = instance.get_latest_asset_check_evaluation_record(key)
     if record is None or record.status in COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES:
-        return record
+        return record, None
     run = instance.get_run_by_id(record.run_id)
     if run is not None and not run.is_finished:
-        return None
+        return None, run.run_id
     finished = instance.event_log_storage.get_asset_check_execution_history(
         key, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
     )
-    return finished[0] if finished else None
+    return (finished[0] if finished else None), None
 
 
 def decide_retrain(instance: dg.DagsterInstance) -> RetrainDecision:
@@ -145,7 +152,9 @@ def decide_retrain(instance: dg.DagsterInstance) -> RetrainDecision:
     last_at = last.create_timestamp.timestamp() if last else 0.0
     failing = []
     for key in RETRAIN_TRIGGERS:
-        record = _latest_evaluation(instance, key)
+        record, in_flight = _latest_evaluation(instance, key)
+        if in_flight is not None:
+            return RetrainDecision(None, f"waiting for run {in_flight}, which evaluates {key.to_user_string()}", in_flight)
         evaluation = record.evaluation if record else None
         if evaluation is None or evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
             continue

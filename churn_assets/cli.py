@@ -86,6 +86,17 @@ def wait_for_run(instance: dg.DagsterInstance, run_id: str, timeout_s: float = R
     return run
 
 
+def settled_retrain_decision(instance: dg.DagsterInstance):
+    """The retrain rule's decision once no run in flight (the daemon's, beside this command) is
+    about to evaluate a watched check again: acting before its verdict would race the daemon."""
+    from churn_assets.automation import decide_retrain
+
+    while (decision := decide_retrain(instance)).waiting_on is not None:
+        print(f"    {decision.reason}: waiting for its verdict", flush=True)
+        wait_for_run(instance, decision.waiting_on)
+    return decision
+
+
 def _print_failed_checks(result: dg.ExecuteInProcessResult) -> list:
     """Prints every check that did not pass; returns those that failed as errors (warnings do not fail a command)."""
     failed = []
@@ -111,7 +122,7 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def _cmd_drift_demo(args: argparse.Namespace) -> int:
-    from churn_assets.automation import decide_retrain, latest_retrain
+    from churn_assets.automation import latest_retrain
     from churn_assets.resources import build_resources
     from churn_assets.settings import Settings
 
@@ -130,7 +141,7 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
         return 1
 
     print("2/3 the retrain loop's decision (the same rule the daemon's retrain sensor applies)", flush=True)
-    decision = decide_retrain(instance)
+    decision = settled_retrain_decision(instance)
     previous = latest_retrain(instance)
     if decision.request is not None:
         print(f"    retrain: {decision.reason}", flush=True)

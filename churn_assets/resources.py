@@ -39,7 +39,7 @@ def build_resources(settings: Settings) -> dict:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.environ.update(settings.subprocess_env())
     return {
-        "warehouse": Warehouse(database=str(settings.warehouse_path)),
+        "warehouse": Warehouse(database=str(settings.warehouse_path), connection_config=settings.duckdb_config),
         "raw_source": RawSource(
             mode=settings.source,
             source_dir=str(settings.source_dir) if settings.source_dir else None,

@@ -55,6 +55,8 @@ class Settings:
     drift_from: dt.date | None
     holdout_days: int = 14
     snapshot_stride_days: int = 1
+    max_train_rows: int = 1_000_000
+    max_holdout_rows: int = 500_000
     min_roc_auc: float = 0.75
     promotion_margin: float = 0.002
     decision_threshold: float = 0.5
@@ -66,6 +68,8 @@ class Settings:
     max_auc_drop: float = 0.05
     retrain_cooldown_hours: float = 24.0
     sensor_interval_seconds: int = 30
+    duckdb_memory_limit: str = "4GB"
+    duckdb_threads: int = 2
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -92,6 +96,8 @@ class Settings:
             drift_from=_optional_date("CHURNOPS_DRIFT_FROM"),
             holdout_days=int(_env("CHURNOPS_HOLDOUT_DAYS", "14")),
             snapshot_stride_days=int(_env("CHURNOPS_SNAPSHOT_STRIDE_DAYS", "1")),
+            max_train_rows=int(_env("CHURNOPS_MAX_TRAIN_ROWS", "1000000")),
+            max_holdout_rows=int(_env("CHURNOPS_MAX_HOLDOUT_ROWS", "500000")),
             min_roc_auc=float(_env("CHURNOPS_MIN_ROC_AUC", "0.75")),
             promotion_margin=float(_env("CHURNOPS_PROMOTION_MARGIN", "0.002")),
             decision_threshold=float(_env("CHURNOPS_DECISION_THRESHOLD", "0.5")),
@@ -103,6 +109,8 @@ class Settings:
             max_auc_drop=float(_env("CHURNOPS_MAX_AUC_DROP", "0.05")),
             retrain_cooldown_hours=float(_env("CHURNOPS_RETRAIN_COOLDOWN_HOURS", "24")),
             sensor_interval_seconds=int(_env("CHURNOPS_SENSOR_INTERVAL_SECONDS", "30")),
+            duckdb_memory_limit=_env("CHURNOPS_DUCKDB_MEMORY_LIMIT", "4GB"),
+            duckdb_threads=int(_env("CHURNOPS_DUCKDB_THREADS", "2")),
         )
 
     @property
@@ -150,10 +158,18 @@ class Settings:
         home = os.environ.get("BENTOML_HOME", "").strip()
         return Path(home).resolve() if home else self.data_dir / "bentoml"
 
+    @property
+    def duckdb_config(self) -> dict[str, str | int]:
+        """Every warehouse connection's share of the machine (Dagster's and dbt's): beyond the
+        memory limit DuckDB spills to disk instead of growing."""
+        return {"memory_limit": self.duckdb_memory_limit, "threads": self.duckdb_threads}
+
     def subprocess_env(self) -> dict[str, str]:
         """What child processes read: the warehouse for the dbt profile, the BentoML store, no telemetry."""
         return {
             "CHURNOPS_WAREHOUSE": str(self.warehouse_path),
+            "CHURNOPS_DUCKDB_MEMORY_LIMIT": self.duckdb_memory_limit,
+            "CHURNOPS_DUCKDB_THREADS": str(self.duckdb_threads),
             "BENTOML_HOME": str(self.bentoml_home),
             **TELEMETRY_OFF,
         }

@@ -129,7 +129,7 @@ def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_sour
     with warehouse.get_connection() as con:
         raw_source.stage_events(con, "staged_events", start, end)
         _ensure_tables(con)
-        outcomes = check_batch(con, "staged_events", event_rules(dt.datetime.now()))
+        outcomes = check_batch(con, "staged_events", event_rules(dt.datetime.now(), (start, end)))
         yield from _check_results(outcomes)
         _raise_if_failed("raw_events", outcomes)
         con.execute("BEGIN TRANSACTION")

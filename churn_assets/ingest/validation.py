@@ -17,6 +17,7 @@ from churn_assets.ingest.schema import (
     EVENT_COLUMNS,
     EVENT_KEYS,
     EVENT_TYPES,
+    EVENTS_TABLE,
     MAX_PAYMENT_USD,
     MAX_VIDEO_MINUTES_PER_EVENT,
     PLANS,
@@ -59,8 +60,10 @@ def _typed(column: str, columns: dict[str, str]) -> str:
     return f"TRY_CAST({column} AS {columns[column]})"
 
 
-def event_rules(now: dt.datetime) -> list[Rule]:
+def event_rules(now: dt.datetime, replacing: tuple[dt.date, dt.date] = (dt.date.min, dt.date.max)) -> list[Rule]:
+    """The rules of an events batch that replaces the days ``replacing`` (start, end exclusive)."""
     ts = _typed("event_ts", EVENT_COLUMNS)
+    first, end = replacing
     value = _typed("value", EVENT_COLUMNS)
     event_type = "lower(trim(CAST(event_type AS VARCHAR)))"
     return [
@@ -82,6 +85,13 @@ def event_rules(now: dt.datetime) -> list[Rule]:
             "No event id appears twice in a batch.",
             ("event_id",),
             "event_id IS NOT NULL AND count(*) OVER (PARTITION BY CAST(event_id AS VARCHAR)) > 1",
+        ),
+        Rule(
+            "events_ids_not_loaded_before",
+            "No event id is already loaded for a day outside the batch: a reload replaces its own days only.",
+            ("event_id",),
+            f"{_typed('event_id', EVENT_COLUMNS)} IN (SELECT event_id FROM {EVENTS_TABLE} "
+            f"WHERE event_ts < DATE '{first}' OR event_ts >= DATE '{end}')",
         ),
         Rule(
             "events_known_users",

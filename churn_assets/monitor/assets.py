@@ -11,18 +11,21 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
-from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
+from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.monitor.drift import column_bins, psi_by_day
+from churn_assets.monitor.performance import performance_by_day
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.score.assets import SCORES_TABLE, churn_scores
 from churn_assets.settings import get_settings
 from churn_assets.train.assets import LABELS_KEY, production_model
+from churn_assets.train.dataset import LABELS_RELATION as LABELS_TABLE
 from churn_assets.train.registry import ModelRegistry
 
 DRIFT_TABLE = "monitor.feature_drift"
 PERFORMANCE_TABLE = "monitor.model_performance"
 PREDICTION = "churn_probability"
+REPORT_SAMPLE_ROWS = 50_000
 
 FEATURE_DRIFT_CHECK = "feature_drift_below_threshold"
 PREDICTION_DRIFT_CHECK = "prediction_drift_below_threshold"
@@ -35,6 +38,11 @@ def _day_population(con, day: dt.date) -> pd.DataFrame:
         f"JOIN {SCORES_TABLE} s USING (user_id, snapshot_date) WHERE snapshot_date = ?",
         [day],
     ).df()
+
+
+def _bounded(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """A fixed-seed sample: the report's cost stays the same at any number of users."""
+    return frame.sample(REPORT_SAMPLE_ROWS, random_state=seed) if len(frame) > REPORT_SAMPLE_ROWS else frame
 
 
 def _drift_result(check: str, value: float, column: str, warn: float, fail: float) -> dg.AssetCheckResult:
@@ -122,7 +130,8 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
     deps=[feature_drift],
     kinds={"evidently", "html"},
     description="Evidently's data-drift report (HTML) of the latest day in the run against the "
-    "training reference, saved under reports/; per-column drift scores as metadata.",
+    f"training reference (each a fixed-seed sample of at most {REPORT_SAMPLE_ROWS:,} rows), saved under reports/; "
+    "per-column drift scores as metadata.",
 )
 def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
     from evidently import Report
@@ -135,8 +144,9 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
     if population.empty:
         raise dg.Failure(description=f"no scored users on {day}: materialize churn_scores first")
     reference = registry.reference(registry.champion().version)[list(FEATURE_COLUMNS)]
+    current = population[list(FEATURE_COLUMNS)]
     snapshot = Report([DataDriftPreset(method="psi", threshold=settings.psi_warn)]).run(
-        current_data=population[list(FEATURE_COLUMNS)], reference_data=reference
+        current_data=_bounded(current, settings.seed), reference_data=_bounded(reference, settings.seed)
     )
     path = settings.reports_dir / f"drift_report_{day}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,39 +182,14 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
     "realised ROC-AUC, precision and recall next to the scoring model's holdout ROC-AUC (table monitor.model_performance).",
 )
 def model_performance(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
-    from sklearn.metrics import precision_score, recall_score, roc_auc_score
-
     settings = get_settings()
     with warehouse.get_connection() as con:
-        joined = con.execute(
-            f"SELECT s.snapshot_date, s.model_version, s.{PREDICTION}, s.risk_tier, l.{LABEL_COLUMN} "
-            f"FROM {SCORES_TABLE} s JOIN marts.fct_churn_labels l USING (user_id, snapshot_date)"
-        ).df()
+        performance = performance_by_day(con, SCORES_TABLE, LABELS_TABLE, settings.decision_threshold).df()
         holdout_auc = {
             int(v): float(registry.client().get_model_version(registry.model_name, str(v)).tags.get("roc_auc", "nan"))
-            for v in joined["model_version"].unique()
+            for v in performance["model_version"].unique()
         }
-        rows = []
-        for (day, version), group in joined.groupby(["snapshot_date", "model_version"]):
-            labels, predicted = group[LABEL_COLUMN].astype(bool), group[PREDICTION] >= settings.decision_threshold
-            if labels.nunique() < 2:
-                continue
-            rows.append(
-                {
-                    "snapshot_date": day,
-                    "model_version": int(version),
-                    "users": len(group),
-                    "churn_rate": float(labels.mean()),
-                    "roc_auc": float(roc_auc_score(labels, group[PREDICTION])),
-                    "precision": float(precision_score(labels, predicted, zero_division=0)),
-                    "recall": float(recall_score(labels, predicted, zero_division=0)),
-                    "holdout_roc_auc": holdout_auc[int(version)],
-                }
-            )
-        performance = pd.DataFrame(
-            rows,
-            columns=["snapshot_date", "model_version", "users", "churn_rate", "roc_auc", "precision", "recall", "holdout_roc_auc"],
-        )
+        performance["holdout_roc_auc"] = performance["model_version"].map(holdout_auc)
         con.execute("CREATE SCHEMA IF NOT EXISTS monitor")
         con.register("performance", performance)
         con.execute(f"CREATE OR REPLACE TABLE {PERFORMANCE_TABLE} AS SELECT * FROM performance")

@@ -2,19 +2,21 @@
 
 Scores land in the warehouse (``scores.churn_scores``) for the platform and as a Parquet and CSV
 file per day under the data dir for whoever runs the retention campaign. Re-scoring a day
-replaces it in both places.
+replaces it in both places. Scoring runs the champion's ONNX compilation, the one the service
+runs, over the partition window in chunks streamed out of DuckDB and written back in one
+transaction, so a backfill of months holds one chunk in memory at a time.
 """
 
 import datetime as dt
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS, RISK_TIERS, risk_tiers
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.score.reasons import REASONS_PER_USER, reason_codes, typical_values
+from churn_assets.serve.onnx import churn_probabilities, frame_feeds, load_session
 from churn_assets.settings import get_settings
 from churn_assets.train.assets import FEATURES_KEY, production_model
 from churn_assets.train.registry import ModelRegistry
@@ -23,6 +25,8 @@ SCORES_TABLE = "scores.churn_scores"
 HIGH_RISK_TABLE = "scores.high_risk_users"
 MAX_HIGH_TIER_SHARE = 0.5
 SCORE_COLUMNS = ("user_id", "snapshot_date", "churn_probability", "risk_tier", "model_version", "scored_at")
+SCORING_CHUNK_ROWS = 200_000
+BATCH_THREADS = 2
 
 SCORE_CHECKS = [
     dg.AssetCheckSpec(
@@ -50,14 +54,41 @@ def _window(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
     return window.start.date(), window.end.date()
 
 
-def _export(scores: pd.DataFrame, day: dt.date) -> list[str]:
+def _export(con, day: dt.date) -> list[str]:
     folder = get_settings().exports_dir / "scores"
     folder.mkdir(parents=True, exist_ok=True)
-    daily = scores[scores["snapshot_date"] == day]
+    daily = f"SELECT {', '.join(SCORE_COLUMNS)} FROM {SCORES_TABLE} WHERE snapshot_date = DATE '{day}' ORDER BY user_id"
     parquet, csv = folder / f"churn_scores_{day}.parquet", folder / f"churn_scores_{day}.csv"
-    daily.to_parquet(parquet, index=False)
-    daily.to_csv(csv, index=False)
+    con.execute(f"COPY ({daily}) TO '{parquet}' (FORMAT parquet)")
+    con.execute(f"COPY ({daily}) TO '{csv}' (FORMAT csv, HEADER)")
     return [str(parquet), str(csv)]
+
+
+def _score_chunks(con, session, start: dt.date, end: dt.date, version: int, thresholds: tuple[float, float]) -> int:
+    """Scores the window chunk by chunk into the open transaction; memory follows the chunk, not the window."""
+    reader = con.cursor().sql(
+        f"SELECT user_id, snapshot_date, {', '.join(FEATURE_COLUMNS)} FROM marts.fct_user_features "
+        "WHERE snapshot_date >= ? AND snapshot_date < ?",
+        params=[start, end],
+    ).to_arrow_reader(SCORING_CHUNK_ROWS)
+    scored_at = pd.Timestamp.now(tz="UTC").tz_localize(None)
+    rows = 0
+    for batch in reader:
+        features = batch.to_pandas()
+        probability = churn_probabilities(session, frame_feeds(features))
+        chunk = pd.DataFrame(
+            {
+                "user_id": features["user_id"],
+                "snapshot_date": features["snapshot_date"],
+                "churn_probability": probability,
+                "risk_tier": risk_tiers(probability, *thresholds),
+                "model_version": version,
+                "scored_at": scored_at,
+            }
+        )
+        con.execute(f"INSERT INTO {SCORES_TABLE} SELECT {', '.join(SCORE_COLUMNS)} FROM chunk")
+        rows += len(chunk)
+    return rows
 
 
 def _score_checks(con, start: dt.date, end: dt.date) -> list[dg.AssetCheckResult]:
@@ -119,48 +150,38 @@ def churn_scores(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
     champion = registry.champion()
     if champion is None:
         raise dg.Failure(description=f"{registry.model_name} has no champion yet: materialize production_model first")
-    model = registry.load(champion.version)
+    version = int(champion.version)
+    session = load_session(registry.onnx(version), threads=BATCH_THREADS)
     start, end = _window(context)
+    window = f"snapshot_date >= DATE '{start}' AND snapshot_date < DATE '{end}'"
     with warehouse.get_connection() as con:
-        features = con.execute(
-            f"SELECT user_id, snapshot_date, {', '.join(FEATURE_COLUMNS)} FROM marts.fct_user_features "
-            "WHERE snapshot_date >= ? AND snapshot_date < ? ORDER BY snapshot_date, user_id",
-            [start, end],
-        ).df()
-        probability = model.predict_proba(features[list(FEATURE_COLUMNS)])[:, 1] if len(features) else np.array([])
-        scores = pd.DataFrame(
-            {
-                "user_id": features["user_id"],
-                "snapshot_date": pd.to_datetime(features["snapshot_date"]).dt.date,
-                "churn_probability": probability,
-                "risk_tier": risk_tiers(probability, settings.medium_risk_threshold, settings.high_risk_threshold),
-                "model_version": int(champion.version),
-                "scored_at": pd.Timestamp.now(tz="UTC").tz_localize(None),
-            }
-        )
         con.execute("CREATE SCHEMA IF NOT EXISTS scores")
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {SCORES_TABLE} (user_id BIGINT, snapshot_date DATE, "
             "churn_probability DOUBLE, risk_tier VARCHAR, model_version INTEGER, scored_at TIMESTAMP)"
         )
-        con.register("new_scores", scores)
         con.execute("BEGIN TRANSACTION")
-        con.execute(f"DELETE FROM {SCORES_TABLE} WHERE snapshot_date >= ? AND snapshot_date < ?", [start, end])
-        con.execute(f"INSERT INTO {SCORES_TABLE} SELECT {', '.join(SCORE_COLUMNS)} FROM new_scores")
+        con.execute(f"DELETE FROM {SCORES_TABLE} WHERE {window}")
+        rows = _score_chunks(con, session, start, end, version, (settings.medium_risk_threshold, settings.high_risk_threshold))
         con.execute("COMMIT")
         checks = _score_checks(con, start, end)
-    days = sorted(scores["snapshot_date"].unique())
-    exports = [path for day in days for path in _export(scores, day)]
-    tier_counts = scores["risk_tier"].value_counts().reindex(list(RISK_TIERS), fill_value=0)
-    distribution = scores["churn_probability"].describe(percentiles=[0.1, 0.5, 0.9]).round(4)
+        days = [row[0] for row in con.execute(f"SELECT DISTINCT snapshot_date FROM {SCORES_TABLE} WHERE {window} ORDER BY 1").fetchall()]
+        exports = [path for day in days for path in _export(con, day)]
+        tiers = dict(con.execute(f"SELECT risk_tier, count(*) FROM {SCORES_TABLE} WHERE {window} GROUP BY 1").fetchall())
+        ((mean, (p10, p50, p90)),) = con.execute(
+            "SELECT coalesce(avg(churn_probability), 0), coalesce(quantile_cont(churn_probability, [0.1, 0.5, 0.9]), [0, 0, 0]) "
+            f"FROM {SCORES_TABLE} WHERE {window}"
+        ).fetchall()
     yield dg.MaterializeResult(
         metadata={
-            "dagster/row_count": len(scores),
-            "model_version": int(champion.version),
+            "dagster/row_count": rows,
+            "model_version": version,
             "days_scored": len(days),
-            "mean_churn_probability": float(scores["churn_probability"].mean()) if len(scores) else 0.0,
-            "tiers": dg.MetadataValue.json({k: int(v) for k, v in tier_counts.items()}),
-            "distribution": dg.MetadataValue.md(distribution.to_frame("churn_probability").to_markdown()),
+            "mean_churn_probability": mean,
+            "tiers": dg.MetadataValue.json({tier: int(tiers.get(tier, 0)) for tier in RISK_TIERS}),
+            "distribution": dg.MetadataValue.md(
+                pd.DataFrame({"churn_probability": {"mean": mean, "10%": p10, "50%": p50, "90%": p90}}).round(4).to_markdown()
+            ),
             "latest_export": dg.MetadataValue.path(exports[-1]) if exports else "none",
         }
     )

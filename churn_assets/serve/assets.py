@@ -8,19 +8,17 @@ service never opens the warehouse the pipeline writes to.
 """
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.resources import Warehouse
-from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, compile_pipeline, feeds, load_session
+from churn_assets.serve.onnx import ONNX_INPUTS, ONNX_TOLERANCE, onnx_disagreement
 from churn_assets.train.assets import production_model
 from churn_assets.train.registry import ModelRegistry
 
 MLFLOW_VERSION_LABEL = "mlflow_version"
 SNAPSHOT_OBJECT = "latest_features"
 ONNX_OBJECT = "onnx_model"
-ONNX_TOLERANCE = 1e-4
 
 
 def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
@@ -31,15 +29,6 @@ def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
         ).df()
     frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"]).dt.date
     return frame
-
-
-def _onnx_disagreement(pipeline, onnx_model: bytes, snapshot: pd.DataFrame) -> float:
-    """Largest probability difference between the two forms, on the users the service will see."""
-    if snapshot.empty:
-        return 0.0
-    records = snapshot[list(FEATURE_COLUMNS)].to_dict("records")
-    served = churn_probabilities(load_session(onnx_model), feeds(records))
-    return float(np.abs(served - pipeline.predict_proba(snapshot[list(FEATURE_COLUMNS)])[:, 1]).max())
 
 
 @dg.asset(
@@ -76,8 +65,8 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
 
     snapshot = _latest_features(warehouse)
     pipeline = registry.load(version)
-    onnx_model = compile_pipeline(pipeline)
-    disagreement = _onnx_disagreement(pipeline, onnx_model, snapshot)
+    onnx_model = registry.onnx(version)
+    disagreement = onnx_disagreement(pipeline, onnx_model, snapshot)
     if disagreement > ONNX_TOLERANCE:
         raise dg.Failure(
             description=f"the ONNX compilation of version {version} differs from the sklearn model by up to "

@@ -16,9 +16,11 @@ from operator import itemgetter
 
 import numpy as np
 
-from churn_assets.contract import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from churn_assets.contract import CATEGORICAL_FEATURES, FEATURE_COLUMNS, NUMERIC_FEATURES
 
 OPSETS = {"": 18, "ai.onnx.ml": 3}
+ONNX_TOLERANCE = 1e-4
+"""Largest probability difference from the sklearn pipeline a compilation may have to be used."""
 NUMERIC_INPUT = "numeric"
 ONNX_INPUTS: tuple[str, ...] = (NUMERIC_INPUT, *CATEGORICAL_FEATURES)
 """The compiled model's inputs: an (n, len(NUMERIC_FEATURES)) float matrix, then one (n, 1) string column each."""
@@ -58,11 +60,19 @@ def feeds(rows: list[dict]) -> dict[str, np.ndarray]:
     return out
 
 
-def load_session(model: bytes):
+def frame_feeds(frame) -> dict[str, np.ndarray]:
+    """onnxruntime inputs from a DataFrame of feature columns: the batch-scoring form of ``feeds``."""
+    out = {NUMERIC_INPUT: frame[list(NUMERIC_FEATURES)].to_numpy(dtype=np.float32)}
+    out.update({c: frame[[c]].to_numpy(dtype=object) for c in CATEGORICAL_FEATURES})
+    return out
+
+
+def load_session(model: bytes, threads: int = 1):
+    """One thread by default: each service worker owns a core, and one-row calls gain nothing from more."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
@@ -73,3 +83,11 @@ def input_names(session) -> tuple[str, ...]:
 
 def churn_probabilities(session, batch: dict[str, np.ndarray]) -> np.ndarray:
     return session.run(["probabilities"], batch)[0][:, 1].astype(float)
+
+
+def onnx_disagreement(pipeline, compiled: bytes, features) -> float:
+    """Largest probability difference between the sklearn pipeline and its ONNX compilation."""
+    if len(features) == 0:
+        return 0.0
+    served = churn_probabilities(load_session(compiled), frame_feeds(features))
+    return float(np.abs(served - pipeline.predict_proba(features[list(FEATURE_COLUMNS)])[:, 1]).max())

@@ -20,7 +20,7 @@ from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
 from churn_assets.incidents import REASON_TAG, TRIGGER_TAG, record_retrain_step
 from churn_assets.resources import Warehouse
 from churn_assets.settings import DBT_PROJECT_DIR, PROJECT_ROOT, get_settings
-from churn_assets.train.dataset import NotEnoughHistory, load_labelled_features, time_split
+from churn_assets.train.dataset import NotEnoughHistory, time_split
 from churn_assets.train.promotion import decide
 from churn_assets.train.registry import SKOPS_TRUSTED_TYPES, ModelRegistry
 
@@ -49,36 +49,64 @@ def read_split(name: str) -> pd.DataFrame:
     pool="duckdb",
     kinds={"python", "parquet"},
     description="Labelled feature rows split by time: train on earlier snapshots, hold out the "
-    "latest labelled days, with a 30-day embargo between them so no label sees the holdout period.",
+    "latest labelled days, with a 30-day embargo between them so no label sees the holdout period. "
+    "Selected and sampled in DuckDB up to CHURNOPS_MAX_TRAIN_ROWS / CHURNOPS_MAX_HOLDOUT_ROWS.",
 )
 def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     settings = get_settings()
     tags = context.run.tags
     record_retrain_step(context.run.run_id, tags, f"started: {tags.get(TRIGGER_TAG)} failed: {tags.get(REASON_TAG)}")
-    with warehouse.get_connection() as con:
-        frame = load_labelled_features(con)
-    if frame.empty:
-        raise dg.Failure(description="no labelled snapshots yet: fct_churn_labels is empty")
-    try:
-        split, dates = time_split(frame, settings.holdout_days, settings.snapshot_stride_days)
-    except NotEnoughHistory as error:
-        raise dg.Failure(description=str(error)) from error
     path = training_set_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    split.to_parquet(path, index=False)
-    summary = split.groupby("split").agg(rows=(LABEL_COLUMN, "size"), churn_rate=(LABEL_COLUMN, "mean"))
+    with warehouse.get_connection() as con:
+        try:
+            split, dates = time_split(
+                con,
+                holdout_days=settings.holdout_days,
+                stride_days=settings.snapshot_stride_days,
+                max_train_rows=settings.max_train_rows,
+                max_holdout_rows=settings.max_holdout_rows,
+                seed=settings.seed,
+            )
+        except NotEnoughHistory as error:
+            raise dg.Failure(description=str(error)) from error
+        split.write_parquet(str(path))
+        summary = {
+            name: (rows, rate)
+            for name, rows, rate in con.execute(
+                f"SELECT split, count(*), avg({LABEL_COLUMN}::DOUBLE) FROM read_parquet(?) GROUP BY split", [str(path)]
+            ).fetchall()
+        }
+    if "train" not in summary or "holdout" not in summary:
+        raise dg.Failure(description=f"the split left a side empty: {summary}")
     return dg.MaterializeResult(
         metadata={
             **dates.as_metadata(),
-            "dagster/row_count": len(split),
-            "train_rows": int(summary.loc["train", "rows"]),
-            "holdout_rows": int(summary.loc["holdout", "rows"]),
-            "train_churn_rate": float(summary.loc["train", "churn_rate"]),
-            "holdout_churn_rate": float(summary.loc["holdout", "churn_rate"]),
+            "dagster/row_count": summary["train"][0] + summary["holdout"][0],
+            "train_rows": summary["train"][0],
+            "holdout_rows": summary["holdout"][0],
+            "train_churn_rate": summary["train"][1],
+            "holdout_churn_rate": summary["holdout"][1],
             "snapshot_stride_days": settings.snapshot_stride_days,
+            "max_train_rows": settings.max_train_rows,
+            "max_holdout_rows": settings.max_holdout_rows,
             "path": dg.MetadataValue.path(str(path)),
         }
     )
+
+
+MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "skops", "numpy", "scipy", "pandas")
+
+
+def _requirements() -> list[str]:
+    """The model's pip requirements, pinned to what is installed (uv installs exactly uv.lock).
+
+    Given explicitly, MLflow skips its environment inference, which loads the model again in a
+    subprocess for every candidate.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in MODEL_REQUIREMENTS]
 
 
 def _provenance() -> dict[str, str]:
@@ -118,6 +146,7 @@ def _log_candidate(name, model, evaluation, train, holdout, tags, seed, threshol
                 signature=infer_signature(example, model.predict_proba(example)[:, 1]),
                 input_example=train[features].head(3),
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                pip_requirements=_requirements(),
             )
         plot_dir = Path(tempfile.mkdtemp(prefix=f"churnops-{name}-"))
         plots = save_plots(model, holdout, holdout[LABEL_COLUMN], evaluation.probabilities, plot_dir, seed)
@@ -143,6 +172,7 @@ def _log_candidate(name, model, evaluation, train, holdout, tags, seed, threshol
 def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
     import mlflow
 
+    from churn_assets.serve.onnx import ONNX_TOLERANCE, compile_pipeline, onnx_disagreement
     from churn_assets.train.candidates import CANDIDATES, evaluate
     from churn_assets.train.plots import markdown_image
 
@@ -151,7 +181,7 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
     experiment_id = registry.activate()
     mlflow.set_experiment(experiment_id=experiment_id)
     tags = {**_provenance(), "dagster_run_id": context.run.run_id}
-    results = {}
+    results, models = {}, {}
     for name, build in CANDIDATES.items():
         model = build(settings.seed).fit(train[list(FEATURE_COLUMNS)], train[LABEL_COLUMN])
         evaluation = evaluate(model, holdout, holdout[LABEL_COLUMN], settings.decision_threshold)
@@ -159,10 +189,19 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
             name, model, evaluation, train, holdout, tags, settings.seed, settings.decision_threshold
         )
         results[name] = (evaluation, run_id, model_uri, plots)
+        models[name] = model
         context.log.info(f"{name}: holdout ROC-AUC {evaluation.metrics['roc_auc']:.4f}")
 
     best = max(results, key=lambda n: results[n][0].metrics["roc_auc"])
     evaluation, run_id, model_uri, plots = results[best]
+    compiled = compile_pipeline(models[best])
+    disagreement = onnx_disagreement(models[best], compiled, holdout)
+    if disagreement > ONNX_TOLERANCE:
+        raise dg.Failure(
+            description=f"the ONNX compilation of {best} differs from the sklearn model by up to {disagreement:.2e} "
+            f"in probability on the holdout (tolerance {ONNX_TOLERANCE:.0e}); nothing was registered"
+        )
+    registry.save_onnx(run_id, compiled)
     registry.save_reference(run_id, train[list(FEATURE_COLUMNS)])
     version = mlflow.register_model(model_uri, registry.model_name)
     client = registry.client()
@@ -179,6 +218,7 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
             "roc_auc": roc_auc,
             "pr_auc": evaluation.metrics["pr_auc"],
             "metrics": dg.MetadataValue.md(table.to_markdown()),
+            "onnx_max_abs_difference": disagreement,
             "confusion_matrix": dg.MetadataValue.md(
                 pd.DataFrame(evaluation.confusion, index=["actual stay", "actual churn"], columns=["predicted stay", "predicted churn"]).to_markdown()
             ),

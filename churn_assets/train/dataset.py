@@ -11,9 +11,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 import duckdb
-import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS, KEY_COLUMNS, LABEL_COLUMN
+
+FEATURES_RELATION = "marts.fct_user_features"
+LABELS_RELATION = "marts.fct_churn_labels"
 
 LABEL_HORIZON_DAYS = 30
 FEATURE_WINDOW_DAYS = 30
@@ -34,20 +36,6 @@ class NotEnoughHistory(ValueError):
     pass
 
 
-def load_labelled_features(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
-    columns = ", ".join(f"f.{c}" for c in (*KEY_COLUMNS, *FEATURE_COLUMNS))
-    frame = con.execute(
-        f"""
-        SELECT {columns}, l.{LABEL_COLUMN}
-        FROM marts.fct_user_features AS f
-        JOIN marts.fct_churn_labels AS l USING (user_id, snapshot_date)
-        ORDER BY f.snapshot_date, f.user_id
-        """
-    ).df()
-    frame["snapshot_date"] = pd.to_datetime(frame["snapshot_date"]).dt.date
-    return frame
-
-
 def split_dates(first_snapshot: dt.date, last_labelled: dt.date, holdout_days: int) -> SplitDates:
     holdout_start = last_labelled - dt.timedelta(days=holdout_days - 1)
     train_end = holdout_start - dt.timedelta(days=LABEL_HORIZON_DAYS + 1)
@@ -62,17 +50,44 @@ def split_dates(first_snapshot: dt.date, last_labelled: dt.date, holdout_days: i
     return SplitDates(train_start, train_end, holdout_start, last_labelled)
 
 
-def time_split(frame: pd.DataFrame, holdout_days: int, stride_days: int) -> tuple[pd.DataFrame, SplitDates]:
-    """Adds a ``split`` column (train/holdout) and drops snapshots in neither.
+def time_split(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    holdout_days: int,
+    stride_days: int,
+    max_train_rows: int,
+    max_holdout_rows: int,
+    seed: int,
+    features: str = FEATURES_RELATION,
+    labels: str = LABELS_RELATION,
+) -> tuple[duckdb.DuckDBPyRelation, SplitDates]:
+    """The labelled rows to train and evaluate on, with a ``split`` column (train/holdout).
 
-    Training snapshots are taken every ``stride_days`` counting back from the last training
-    day, which thins out near-duplicate consecutive snapshots of the same user.
+    Selected in DuckDB, so memory follows the caps, not the history: training snapshots every
+    ``stride_days`` counting back from the last training day (consecutive snapshots of a user
+    are near-duplicates), then at most ``max_train_rows`` and ``max_holdout_rows`` of them, a
+    sample that depends only on the keys and the seed.
     """
-    dates = split_dates(frame.snapshot_date.min(), frame.snapshot_date.max(), holdout_days)
-    days_before_end = frame.snapshot_date.map(lambda d: (dates.train_end - d).days)
-    in_train = (frame.snapshot_date >= dates.train_start) & (days_before_end >= 0) & (days_before_end % stride_days == 0)
-    in_holdout = frame.snapshot_date >= dates.holdout_start
-    split = frame.loc[in_train | in_holdout].copy()
-    split["split"] = "train"
-    split.loc[split.snapshot_date >= dates.holdout_start, "split"] = "holdout"
-    return split.reset_index(drop=True), dates
+    ((first, last),) = con.execute(f"SELECT min(snapshot_date), max(snapshot_date) FROM {labels}").fetchall()
+    if first is None:
+        raise NotEnoughHistory(f"no labelled snapshots yet: {labels} is empty")
+    dates = split_dates(first, last, holdout_days)
+    columns = ", ".join(f"f.{c}" for c in (*KEY_COLUMNS, *FEATURE_COLUMNS))
+    labelled = f"SELECT {columns}, l.{LABEL_COLUMN} FROM {features} AS f JOIN {labels} AS l USING (user_id, snapshot_date)"
+    sample_order = f"hash(user_id, snapshot_date, {int(seed)})"
+    query = f"""
+        WITH labelled AS ({labelled}),
+        train AS (
+            SELECT *, 'train' AS split FROM labelled
+            WHERE snapshot_date BETWEEN DATE '{dates.train_start}' AND DATE '{dates.train_end}'
+              AND date_diff('day', snapshot_date, DATE '{dates.train_end}') % {int(stride_days)} = 0
+            ORDER BY {sample_order} LIMIT {int(max_train_rows)}
+        ),
+        holdout AS (
+            SELECT *, 'holdout' AS split FROM labelled
+            WHERE snapshot_date >= DATE '{dates.holdout_start}'
+            ORDER BY {sample_order} LIMIT {int(max_holdout_rows)}
+        )
+        SELECT * FROM (SELECT * FROM train UNION ALL SELECT * FROM holdout) ORDER BY snapshot_date, user_id
+    """
+    return con.sql(query), dates

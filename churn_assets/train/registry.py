@@ -28,6 +28,9 @@ SKOPS_TRUSTED_TYPES = [
 REFERENCE_ARTIFACT_DIR = "reference"
 REFERENCE_FILE = "training_reference.parquet"
 """Beside each registered model, the training features it learnt from: its drift reference."""
+ONNX_ARTIFACT_DIR = "onnx"
+ONNX_FILE = "model.onnx"
+"""Beside each registered model, its ONNX compilation: what batch scoring and the service run."""
 
 CHAMPION_SINCE = "champion_since"
 ROLLED_BACK = "rolled_back_at"
@@ -111,6 +114,34 @@ class ModelRegistry(dg.ConfigurableResource):
                 dst_path=folder,
             )
             return pd.read_parquet(path)
+
+    def save_onnx(self, run_id: str, compiled: bytes) -> None:
+        with tempfile.TemporaryDirectory(prefix="churnops-onnx-") as folder:
+            path = Path(folder) / ONNX_FILE
+            path.write_bytes(compiled)
+            self.client().log_artifact(run_id, str(path), artifact_path=ONNX_ARTIFACT_DIR)
+
+    def onnx(self, version: int | str) -> bytes:
+        """The version's ONNX compilation, compiled and stored on first use for versions that predate it."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        from churn_assets.serve.onnx import compile_pipeline
+
+        run_id = self.client().get_model_version(self.model_name, str(version)).run_id
+        with tempfile.TemporaryDirectory(prefix="churnops-onnx-") as folder:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=f"{ONNX_ARTIFACT_DIR}/{ONNX_FILE}",
+                    tracking_uri=self.tracking_uri,
+                    dst_path=folder,
+                )
+            except (MlflowException, OSError):
+                compiled = compile_pipeline(self.load(version))
+                self.save_onnx(run_id, compiled)
+                return compiled
+            return Path(path).read_bytes()
 
     def promote(self, version: int | str) -> None:
         client = self.client()

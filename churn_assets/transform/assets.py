@@ -1,13 +1,12 @@
 """The dbt models as assets: staging, daily aggregates, features and labels.
 
-dbt builds partitioned models one partition window at a time (``min_date``/``max_date`` vars) and
-the rest whole, so the two live in separate ``@dbt_assets``. dbt tests become asset checks;
-error-severity ones are blocking. After dbt exits, each model's materialization gets its row
-count and date range from the warehouse, read when dbt no longer holds the file.
+dbt builds the daily models as microbatch models, one batch per day of the partition window
+(``--event-time-start``/``--event-time-end``), and the rest whole, so the two live in separate
+``@dbt_assets``. dbt tests become asset checks; error-severity ones are blocking. After dbt exits,
+each model's materialization gets its row count and date range from the warehouse, read when dbt
+no longer holds the file.
 """
 
-import datetime as dt
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -92,11 +91,8 @@ def _table_stats(con, model: str) -> dict[str, Any]:
 def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Daily aggregates and features for the partition window being run."""
     window = context.partition_time_window
-    window_vars = {
-        "min_date": window.start.date().isoformat(),
-        "max_date": (window.end - dt.timedelta(days=1)).date().isoformat(),
-    }
-    yield from _with_table_stats(dbt.cli(["build", "--vars", json.dumps(window_vars)], context=context).stream(), warehouse)
+    batches = ["--event-time-start", window.start.date().isoformat(), "--event-time-end", window.end.date().isoformat()]
+    yield from _with_table_stats(dbt.cli(["build", *batches], context=context).stream(), warehouse)
 
 
 @dbt_assets(

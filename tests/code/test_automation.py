@@ -6,6 +6,7 @@ evaluates once and then reports what it requested as done, the way a run would.
 """
 
 import datetime as dt
+import threading
 
 import dagster as dg
 import pytest
@@ -25,7 +26,7 @@ from churn_assets.automation import (
     decide_retrain,
     retrain_on_failed_checks,
 )
-from churn_assets.cli import record_champion_change
+from churn_assets.cli import record_champion_change, settled_retrain_decision
 from churn_assets.monitor.assets import FEATURE_DRIFT_CHECK, PERFORMANCE_CHECK, PREDICTION_DRIFT_CHECK
 from churn_assets.train.assets import champion_data_version
 
@@ -324,10 +325,26 @@ def test_a_planned_evaluation_waits_for_its_run_without_error(sensor):
     in_flight = sensor.plan(DRIFT)
 
     assert sensor.tick() == [], "the failure is being re-evaluated by a run in flight: wait for its verdict"
+    assert sensor.skip_reason == f"waiting for run {in_flight.run_id}, which evaluates {DRIFT.to_user_string()}"
 
     sensor.finish(in_flight)
     sensor.report(DRIFT, passed=False)
     assert len(sensor.tick()) == 1
+
+
+def test_the_demo_beside_the_daemon_waits_for_a_re_check_in_flight_and_acts_on_its_verdict(sensor, platform):
+    sensor.report(DRIFT, passed=True)
+    in_flight = sensor.plan(DRIFT)
+
+    def the_daemons_run_fails_the_check():
+        sensor.report(DRIFT, passed=False)
+        sensor.finish(in_flight)
+
+    threading.Timer(1.0, the_daemons_run_fails_the_check).start()
+    decision = settled_retrain_decision(platform.instance)
+
+    assert decision.waiting_on is None and decision.request is not None
+    assert decision.request.tags["churnops/trigger"] == DRIFT.to_user_string()
 
 
 def test_a_planned_evaluation_whose_run_ended_without_it_falls_back_to_the_last_verdict(sensor):

@@ -63,6 +63,16 @@ def test_bad_events_are_rejected_with_the_column_and_rows_named(loaded, source_f
     assert after == before, "the last good events must survive a rejected load"
 
 
+def test_an_event_id_already_loaded_for_another_day_is_rejected_and_a_reload_of_its_own_day_is_not(loaded, source_files):
+    next_day = DAY + dt.timedelta(days=1)
+    source_files.write(events=[*GOOD_EVENTS, "1,2,login,2026-07-02 08:00:00,"])
+
+    failed = _rejected(loaded.materialize(next_day, next_day, "raw_events"), "raw_events")
+    message = {c.check_name: c.description for c in failed}["events_ids_not_loaded_before"]
+    assert "column event_id" in message and "events.csv row 4" in message
+    assert loaded.materialize(DAY, DAY, "raw_events").success, "reloading 07-01 replaces the id's own day"
+
+
 USER_CASES = {
     "unknown plan": (["1,2026-06-01,gold,US,organic"], "users_known_plans", ["column plan", "users.csv row 1"]),
     "duplicate user": (["1,2026-06-01,pro,US,organic", "1,2026-06-02,free,US,organic"], "users_unique_ids", ["column user_id", "users.csv row 2"]),

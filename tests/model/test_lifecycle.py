@@ -168,6 +168,22 @@ def test_scores_cover_each_active_user_once_and_reproduce(graph):
     assert exported["churn_probability"].between(0, 1).all()
 
 
+def test_batch_scores_from_the_onnx_compilation_equal_the_sklearn_pipelines(graph):
+    platform, _ = graph
+    registry = platform.resources["registry"]
+    scored = platform.frame(
+        "SELECT f.*, s.churn_probability, s.model_version FROM marts.fct_user_features f "
+        "JOIN scores.churn_scores s USING (user_id, snapshot_date) ORDER BY snapshot_date, user_id"
+    )
+    (version,) = scored["model_version"].unique()
+    pipeline = registry.load(int(version))
+
+    expected = pipeline.predict_proba(scored[list(FEATURE_COLUMNS)])[:, 1]
+
+    assert len(scored) > 10_000
+    assert np.abs(scored["churn_probability"].to_numpy() - expected).max() <= 1e-6
+
+
 def test_the_intervention_list_gives_reasons_for_the_riskiest_users(graph):
     platform, _ = graph
     listing = platform.frame("SELECT * FROM scores.high_risk_users ORDER BY churn_probability DESC")

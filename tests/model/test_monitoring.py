@@ -12,6 +12,7 @@ from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.ingest import synthetic
 from churn_assets.monitor.assets import DRIFT_TABLE, PERFORMANCE_TABLE, PREDICTION
 from churn_assets.monitor.drift import column_bins, psi, psi_by_day
+from churn_assets.monitor.performance import performance_by_day
 from churn_assets.settings import Settings
 from tests.conftest import SMALL_GRAPH_DAYS
 
@@ -62,6 +63,37 @@ def test_psi_in_sql_for_every_day_at_once_equals_the_pandas_reference():
     for row in in_sql.itertuples():
         day = current[current["snapshot_date"] == row.snapshot_date.date()]
         assert row.psi == pytest.approx(psi(reference[row.column_name], day[row.column_name]), abs=1e-9)
+
+
+def test_realised_metrics_in_sql_equal_scikit_learns_per_day_and_version():
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    n = 3000
+    scores = pd.DataFrame(
+        {
+            "user_id": np.arange(n),
+            "snapshot_date": np.repeat([dt.date(2026, 8, 1), dt.date(2026, 8, 2), dt.date(2026, 8, 3)], n // 3),
+            "model_version": np.repeat([1, 1, 2], n // 3),
+            # Rounded to two decimals so that many probabilities tie, the case ranks must average.
+            "churn_probability": rng.uniform(0, 1, n).round(2),
+        }
+    )
+    churned = rng.uniform(0, 1, n) < scores["churn_probability"]
+    labels = scores[["user_id", "snapshot_date"]].assign(churned=churned)
+    labels.loc[scores["snapshot_date"] == dt.date(2026, 8, 3), "churned"] = True
+    con = duckdb.connect()
+    con.register("s", scores)
+    con.register("l", labels)
+    measured = performance_by_day(con, "s", "l", threshold=0.5).df()
+    assert measured["snapshot_date"].dt.date.tolist() == [dt.date(2026, 8, 1), dt.date(2026, 8, 2)], "one class only: not measured"
+    for row in measured.itertuples():
+        day = scores["snapshot_date"] == row.snapshot_date.date()
+        y, p = churned[day], scores.loc[day, "churn_probability"]
+        assert row.roc_auc == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+        assert row.precision == pytest.approx(precision_score(y, p >= 0.5), abs=1e-12)
+        assert row.recall == pytest.approx(recall_score(y, p >= 0.5), abs=1e-12)
+        assert row.users == day.sum() and row.churn_rate == pytest.approx(y.mean())
 
 
 def test_psi_of_a_category_that_doubled_its_share():

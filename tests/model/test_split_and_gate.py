@@ -2,30 +2,55 @@
 
 import datetime as dt
 
+import duckdb
 import pandas as pd
 import pytest
 
+from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.train.dataset import NotEnoughHistory, split_dates, time_split
 from churn_assets.train.promotion import decide
 
 FIRST = dt.date(2026, 7, 1)
+NO_CAP = 10**9
 
 
-def _snapshots(days: int, users: int = 3) -> pd.DataFrame:
-    rows = [(u, FIRST + dt.timedelta(days=d)) for d in range(days) for u in range(users)]
-    return pd.DataFrame(rows, columns=["user_id", "snapshot_date"]).assign(churned=False)
+def _warehouse(days: int, users: int = 3) -> duckdb.DuckDBPyConnection:
+    """A features table and a labels table with one labelled snapshot per user and day."""
+    con = duckdb.connect()
+    keys = pd.DataFrame(
+        [(u, FIRST + dt.timedelta(days=d)) for d in range(days) for u in range(users)], columns=["user_id", "snapshot_date"]
+    )
+    con.register("keys", keys)
+    con.register("feature_rows", keys.assign(**{c: 0 for c in FEATURE_COLUMNS}))
+    con.execute("CREATE TABLE features AS SELECT * FROM feature_rows")
+    con.execute("CREATE TABLE labels AS SELECT user_id, snapshot_date, user_id % 2 = 0 AS churned FROM keys")
+    return con
+
+
+def _split(con, holdout_days=14, stride_days=1, max_train_rows=NO_CAP, max_holdout_rows=NO_CAP):
+    split, dates = time_split(
+        con,
+        holdout_days=holdout_days,
+        stride_days=stride_days,
+        max_train_rows=max_train_rows,
+        max_holdout_rows=max_holdout_rows,
+        seed=7,
+        features="features",
+        labels="labels",
+    )
+    return split.df(), dates
 
 
 def test_no_training_snapshot_is_later_than_any_holdout_snapshot():
-    split, _ = time_split(_snapshots(120), holdout_days=14, stride_days=1)
+    split, _ = _split(_warehouse(120))
     train, holdout = split[split.split == "train"], split[split.split == "holdout"]
     assert train.snapshot_date.max() < holdout.snapshot_date.min()
 
 
 def test_training_labels_never_look_into_the_holdout_period():
-    split, dates = time_split(_snapshots(120), holdout_days=14, stride_days=1)
+    split, dates = _split(_warehouse(120))
     train = split[split.split == "train"]
-    assert (train.snapshot_date + dt.timedelta(days=30)).max() < dates.holdout_start
+    assert (train.snapshot_date.dt.date + dt.timedelta(days=30)).max() < dates.holdout_start
 
 
 def test_the_split_dates_for_120_labelled_days():
@@ -35,17 +60,41 @@ def test_the_split_dates_for_120_labelled_days():
     assert dates.train_start == dt.date(2026, 7, 30), "the first snapshot with a full 30-day window"
 
 
+def test_every_labelled_row_in_the_split_windows_is_kept_when_under_the_caps():
+    split, dates = _split(_warehouse(120))
+    train_days = (dates.train_end - dates.train_start).days + 1
+    assert (split.split == "train").sum() == 3 * train_days
+    assert (split.split == "holdout").sum() == 3 * 14
+    assert list(split.columns[-2:]) == ["churned", "split"]
+
+
 def test_stride_keeps_every_nth_training_day_counting_back_from_the_last():
-    split, dates = time_split(_snapshots(120), holdout_days=14, stride_days=7)
-    train_days = sorted(split[split.split == "train"].snapshot_date.unique())
+    split, dates = _split(_warehouse(120), stride_days=7)
+    train_days = sorted(split[split.split == "train"].snapshot_date.dt.date.unique())
     assert train_days[-1] == dates.train_end
     assert {(b - a).days for a, b in zip(train_days, train_days[1:], strict=False)} == {7}
     assert split[split.split == "holdout"].snapshot_date.nunique() == 14
 
 
+def test_the_caps_sample_the_same_rows_every_time():
+    con = _warehouse(120, users=50)
+    first, _ = _split(con, max_train_rows=500, max_holdout_rows=100)
+    again, _ = _split(con, max_train_rows=500, max_holdout_rows=100)
+    assert (first.split == "train").sum() == 500 and (first.split == "holdout").sum() == 100
+    pd.testing.assert_frame_equal(first, again)
+    assert first[first.split == "train"].snapshot_date.nunique() > 30, "a sample across days, not the first days"
+
+
 def test_too_short_a_history_is_refused_with_the_reason():
     with pytest.raises(NotEnoughHistory, match="leave no training days"):
-        time_split(_snapshots(60), holdout_days=14, stride_days=1)
+        _split(_warehouse(60))
+
+
+def test_no_labels_at_all_is_refused_with_the_reason():
+    con = _warehouse(120)
+    con.execute("DELETE FROM labels")
+    with pytest.raises(NotEnoughHistory, match="labels is empty"):
+        _split(con)
 
 
 @pytest.mark.parametrize(

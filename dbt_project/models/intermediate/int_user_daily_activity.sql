@@ -1,15 +1,14 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='activity_date',
+        incremental_strategy='microbatch',
+        event_time='activity_date',
+        batch_size='day',
+        begin=var('begin'),
     )
 }}
 
-with events as (
-    select * from {{ ref('stg_events') }}
-    where event_date between cast('{{ var("min_date") }}' as date) and cast('{{ var("max_date") }}' as date)
-)
+{#- One batch per day: dbt filters stg_events to the batch's day by its event_ts. -#}
 
 select
     user_id,
@@ -23,5 +22,5 @@ select
     count(*) filter (where event_type = 'payment') as payments,
     coalesce(sum(value) filter (where event_type = 'payment'), 0) as payment_amount_usd,
     count(*) filter (where event_type = 'payment_failed') as failed_payments
-from events
+from {{ ref('stg_events') }}
 group by user_id, event_date

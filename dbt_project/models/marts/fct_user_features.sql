@@ -1,28 +1,40 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='snapshot_date',
+        incremental_strategy='microbatch',
+        event_time='snapshot_date',
+        batch_size='day',
+        begin=var('begin'),
     )
 }}
 
-{#- Features of a user as of the end of snapshot_date, from the 30 days that end on it. -#}
+{#-
+    Features of a user as of the end of snapshot_date, from the 30 days that end on it. One batch
+    per snapshot date, so a build of months holds one day's users in memory, and a day reads only
+    the activity it needs: its 30-day window, and a year of payment days. Outside a batch (dbt
+    compile, docs) the model shows the latest day.
+-#}
+
+{%- set batch = model.get('batch') -%}
+{%- if batch and batch.get('event_time_start') -%}
+    {%- set snapshot_day = "cast('" ~ batch.event_time_start.strftime('%Y-%m-%d') ~ "' as date)" -%}
+{%- else -%}
+    {%- set snapshot_day = "(select max(activity_date) from " ~ ref('int_user_daily_activity').render() ~ ")" -%}
+{%- endif %}
 
 with activity as (
-    select * from {{ ref('int_user_daily_activity') }}
+    select * from {{ ref('int_user_daily_activity').render() }}
 ),
 
 snapshot_bounds as (
-    select
-        greatest(min(activity_date), cast('{{ var("min_date") }}' as date)) as first_snapshot,
-        least(max(activity_date), cast('{{ var("max_date") }}' as date)) as last_snapshot
+    select min(activity_date) as first_activity, max(activity_date) as last_activity
     from activity
 ),
 
 snapshots as (
-    select cast(unnest(generate_series(first_snapshot, last_snapshot, interval 1 day)) as date) as snapshot_date
+    select {{ snapshot_day }} as snapshot_date
     from snapshot_bounds
-    where first_snapshot <= last_snapshot
+    where {{ snapshot_day }} between first_activity and last_activity
 ),
 
 last_30_days as (
@@ -34,6 +46,7 @@ last_30_days as (
     from snapshots
     inner join activity
         on activity.activity_date between snapshots.snapshot_date - 29 and snapshots.snapshot_date
+    where activity.activity_date between {{ snapshot_day }} - 29 and {{ snapshot_day }}
 ),
 
 windows as (
@@ -67,6 +80,7 @@ payment_days as (
     select user_id, activity_date as payment_date
     from activity
     where payments > 0
+        and activity_date between {{ snapshot_day }} - 365 and {{ snapshot_day }}
 ),
 
 with_last_payment as (
