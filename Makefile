@@ -89,8 +89,8 @@ rollback:  ## move the champion alias back to the previous champion
 drift-demo:  ## drift the last 14 days' data, refresh, let the retrain sensor act, show the gate's decision (after make up)
 	$(RUN) churnops drift-demo
 
-bench: install  ## run the pipeline benchmark (USERS=10000 by default)
-	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000)
+bench: install  ## run the pipeline benchmark (USERS=10000 DAYS=120 by default)
+	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000) --days $(or $(DAYS),120)
 
 bench-serving: install  ## measure the churn service (needs a model: make materialize first)
 	$(RUN) python benchmarks/serving.py --data-dir $(CHURNOPS_DATA_DIR)
