@@ -22,13 +22,16 @@
     {%- set snapshot_day = "(select max(activity_date) from " ~ ref('int_user_daily_activity').render() ~ ")" -%}
 {%- endif %}
 
-with activity as (
-    select * from {{ ref('int_user_daily_activity').render() }}
+{#- Each CTE reads the activity table with its own date filter, so DuckDB skips the other days. -#}
+
+with snapshot_bounds as (
+    select min(activity_date) as first_activity, max(activity_date) as last_activity
+    from {{ ref('int_user_daily_activity').render() }}
 ),
 
-snapshot_bounds as (
-    select min(activity_date) as first_activity, max(activity_date) as last_activity
-    from activity
+activity as (
+    select * from {{ ref('int_user_daily_activity').render() }}
+    where activity_date between {{ snapshot_day }} - 29 and {{ snapshot_day }}
 ),
 
 snapshots as (
@@ -46,7 +49,6 @@ last_30_days as (
     from snapshots
     inner join activity
         on activity.activity_date between snapshots.snapshot_date - 29 and snapshots.snapshot_date
-    where activity.activity_date between {{ snapshot_day }} - 29 and {{ snapshot_day }}
 ),
 
 windows as (
@@ -78,7 +80,7 @@ windows as (
 
 payment_days as (
     select user_id, activity_date as payment_date
-    from activity
+    from {{ ref('int_user_daily_activity').render() }}
     where payments > 0
         and activity_date between {{ snapshot_day }} - 365 and {{ snapshot_day }}
 ),

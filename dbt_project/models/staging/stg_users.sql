@@ -1,6 +1,4 @@
-with source as (
-    select * from {{ source('raw', 'users') }}
-)
+{#- A plain view: raw.users is replaced whole on each load and its ingest rules keep user ids unique. -#}
 
 select
     user_id,
@@ -8,5 +6,4 @@ select
     lower(trim(plan)) as plan,
     upper(trim(country)) as country,
     lower(trim(acquisition_channel)) as acquisition_channel
-from source
-qualify row_number() over (partition by user_id order by _loaded_at desc) = 1
+from {{ source('raw', 'users') }}
