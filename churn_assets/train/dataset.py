@@ -66,28 +66,32 @@ def time_split(
     Selected in DuckDB, so memory follows the caps, not the history: training snapshots every
     ``stride_days`` counting back from the last training day (consecutive snapshots of a user
     are near-duplicates), then at most ``max_train_rows`` and ``max_holdout_rows`` of them, a
-    sample that depends only on the keys and the seed.
+    sample that depends only on the keys and the seed. The sample is drawn on the keys alone
+    and the features joined to it, so the top-N it keeps is three columns wide.
     """
     ((first, last),) = con.execute(f"SELECT min(snapshot_date), max(snapshot_date) FROM {labels}").fetchall()
     if first is None:
         raise NotEnoughHistory(f"no labelled snapshots yet: {labels} is empty")
     dates = split_dates(first, last, holdout_days)
     columns = ", ".join(f"f.{c}" for c in (*KEY_COLUMNS, *FEATURE_COLUMNS))
-    labelled = f"SELECT {columns}, l.{LABEL_COLUMN} FROM {features} AS f JOIN {labels} AS l USING (user_id, snapshot_date)"
     sample_order = f"hash(user_id, snapshot_date, {int(seed)})"
     query = f"""
-        WITH labelled AS ({labelled}),
-        train AS (
-            SELECT *, 'train' AS split FROM labelled
+        WITH train AS (
+            SELECT user_id, snapshot_date, 'train' AS split FROM {labels}
             WHERE snapshot_date BETWEEN DATE '{dates.train_start}' AND DATE '{dates.train_end}'
               AND date_diff('day', snapshot_date, DATE '{dates.train_end}') % {int(stride_days)} = 0
             ORDER BY {sample_order} LIMIT {int(max_train_rows)}
         ),
         holdout AS (
-            SELECT *, 'holdout' AS split FROM labelled
+            SELECT user_id, snapshot_date, 'holdout' AS split FROM {labels}
             WHERE snapshot_date >= DATE '{dates.holdout_start}'
             ORDER BY {sample_order} LIMIT {int(max_holdout_rows)}
-        )
-        SELECT * FROM (SELECT * FROM train UNION ALL SELECT * FROM holdout) ORDER BY snapshot_date, user_id
+        ),
+        chosen AS (SELECT * FROM train UNION ALL SELECT * FROM holdout)
+        SELECT {columns}, l.{LABEL_COLUMN}, chosen.split
+        FROM chosen
+        JOIN {features} AS f USING (user_id, snapshot_date)
+        JOIN {labels} AS l USING (user_id, snapshot_date)
+        ORDER BY f.snapshot_date, f.user_id
     """
     return con.sql(query), dates
