@@ -19,7 +19,7 @@ from churn_assets.resources import Warehouse
 from churn_assets.score.assets import SCORES_TABLE, churn_scores
 from churn_assets.settings import get_settings
 from churn_assets.train.assets import LABELS_KEY, production_model
-from churn_assets.train.dataset import LABELS_RELATION as LABELS_TABLE
+from churn_assets.train.dataset import LABELS_RELATION
 from churn_assets.train.registry import ModelRegistry
 
 DRIFT_TABLE = "monitor.feature_drift"
@@ -184,7 +184,7 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
 def model_performance(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry):
     settings = get_settings()
     with warehouse.get_connection() as con:
-        performance = performance_by_day(con, SCORES_TABLE, LABELS_TABLE, settings.decision_threshold).df()
+        performance = performance_by_day(con, SCORES_TABLE, LABELS_RELATION, settings.decision_threshold).df()
         holdout_auc = {
             int(v): float(registry.client().get_model_version(registry.model_name, str(v)).tags.get("roc_auc", "nan"))
             for v in performance["model_version"].unique()

@@ -91,7 +91,7 @@ def _score_chunks(con, session, start: dt.date, end: dt.date, version: int, thre
     return rows
 
 
-def _score_checks(con, start: dt.date, end: dt.date) -> list[dg.AssetCheckResult]:
+def _score_checks(con, start: dt.date, end: dt.date, tiers: dict[str, int]) -> list[dg.AssetCheckResult]:
     window = f"snapshot_date >= DATE '{start}' AND snapshot_date < DATE '{end}'"
     missing, duplicated, extra = con.execute(
         f"""
@@ -108,7 +108,6 @@ def _score_checks(con, start: dt.date, end: dt.date) -> list[dg.AssetCheckResult
         f"SELECT count(*) FROM {SCORES_TABLE} WHERE {window} AND (churn_probability IS NULL "
         "OR isnan(churn_probability) OR NOT churn_probability BETWEEN 0 AND 1)"
     ).fetchone()[0]
-    tiers = dict(con.execute(f"SELECT risk_tier, count(*) FROM {SCORES_TABLE} WHERE {window} GROUP BY 1").fetchall())
     rows = sum(tiers.values())
     high_share = tiers.get("high", 0) / rows if rows else 0.0
     return [
@@ -164,10 +163,10 @@ def churn_scores(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
         con.execute(f"DELETE FROM {SCORES_TABLE} WHERE {window}")
         rows = _score_chunks(con, session, start, end, version, (settings.medium_risk_threshold, settings.high_risk_threshold))
         con.execute("COMMIT")
-        checks = _score_checks(con, start, end)
+        tiers = dict(con.execute(f"SELECT risk_tier, count(*) FROM {SCORES_TABLE} WHERE {window} GROUP BY 1").fetchall())
+        checks = _score_checks(con, start, end, tiers)
         days = [row[0] for row in con.execute(f"SELECT DISTINCT snapshot_date FROM {SCORES_TABLE} WHERE {window} ORDER BY 1").fetchall()]
         exports = [path for day in days for path in _export(con, day)]
-        tiers = dict(con.execute(f"SELECT risk_tier, count(*) FROM {SCORES_TABLE} WHERE {window} GROUP BY 1").fetchall())
         ((mean, (p10, p50, p90)),) = con.execute(
             "SELECT coalesce(avg(churn_probability), 0), coalesce(quantile_cont(churn_probability, [0.1, 0.5, 0.9]), [0, 0, 0]) "
             f"FROM {SCORES_TABLE} WHERE {window}"

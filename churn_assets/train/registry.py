@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from churn_assets.settings import CHAMPION_ALIAS, EXPERIMENT_NAME, MODEL_NAME
+
+T = TypeVar("T")
 
 SKOPS_TRUSTED_TYPES = [
     "functools.partial",
@@ -25,11 +29,9 @@ SKOPS_TRUSTED_TYPES = [
 ]
 """Types inside our own pipelines that skops does not trust by default; we wrote these files."""
 
-REFERENCE_ARTIFACT_DIR = "reference"
-REFERENCE_FILE = "training_reference.parquet"
+REFERENCE_ARTIFACT = "reference/training_reference.parquet"
 """Beside each registered model, the training features it learnt from: its drift reference."""
-ONNX_ARTIFACT_DIR = "onnx"
-ONNX_FILE = "model.onnx"
+ONNX_ARTIFACT = "onnx/model.onnx"
 """Beside each registered model, its ONNX compilation: what batch scoring and the service run."""
 
 CHAMPION_SINCE = "champion_since"
@@ -94,54 +96,47 @@ class ModelRegistry(dg.ConfigurableResource):
         self.activate()
         return mlflow.sklearn.load_model(f"models:/{self.model_name}/{version}")
 
-    def save_reference(self, run_id: str, features: pd.DataFrame) -> None:
-        """Stores the training features with the run, so drift is measured against the model in use."""
-        with tempfile.TemporaryDirectory(prefix="churnops-reference-") as folder:
-            path = Path(folder) / REFERENCE_FILE
-            features.to_parquet(path, index=False)
-            self.client().log_artifact(run_id, str(path), artifact_path=REFERENCE_ARTIFACT_DIR)
+    def _save_file(self, run_id: str, artifact: str, write: Callable[[Path], object]) -> None:
+        """Logs ``artifact`` (folder/name) with the run; ``write`` fills it in a temporary folder."""
+        with tempfile.TemporaryDirectory(prefix="churnops-artifact-") as folder:
+            path = Path(folder) / Path(artifact).name
+            write(path)
+            self.client().log_artifact(run_id, str(path), artifact_path=str(Path(artifact).parent))
 
-    def reference(self, version: int | str) -> pd.DataFrame:
-        """The training features of this model version (not of whatever was trained last)."""
+    def _read_file(self, version: int | str, artifact: str, read: Callable[[Path], T]) -> T:
+        """Reads ``artifact`` of the version's run from a temporary download."""
         import mlflow.artifacts
 
         run_id = self.client().get_model_version(self.model_name, str(version)).run_id
-        with tempfile.TemporaryDirectory(prefix="churnops-reference-") as folder:
+        with tempfile.TemporaryDirectory(prefix="churnops-artifact-") as folder:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE}",
-                tracking_uri=self.tracking_uri,
-                dst_path=folder,
+                run_id=run_id, artifact_path=artifact, tracking_uri=self.tracking_uri, dst_path=folder
             )
-            return pd.read_parquet(path)
+            return read(Path(path))
+
+    def save_reference(self, run_id: str, features: pd.DataFrame) -> None:
+        """Stores the training features with the run, so drift is measured against the model in use."""
+        self._save_file(run_id, REFERENCE_ARTIFACT, lambda path: features.to_parquet(path, index=False))
+
+    def reference(self, version: int | str) -> pd.DataFrame:
+        """The training features of this model version (not of whatever was trained last)."""
+        return self._read_file(version, REFERENCE_ARTIFACT, pd.read_parquet)
 
     def save_onnx(self, run_id: str, compiled: bytes) -> None:
-        with tempfile.TemporaryDirectory(prefix="churnops-onnx-") as folder:
-            path = Path(folder) / ONNX_FILE
-            path.write_bytes(compiled)
-            self.client().log_artifact(run_id, str(path), artifact_path=ONNX_ARTIFACT_DIR)
+        self._save_file(run_id, ONNX_ARTIFACT, lambda path: path.write_bytes(compiled))
 
     def onnx(self, version: int | str) -> bytes:
         """The version's ONNX compilation, compiled and stored on first use for versions that predate it."""
-        import mlflow.artifacts
         from mlflow.exceptions import MlflowException
 
         from churn_assets.serve.onnx import compile_pipeline
 
-        run_id = self.client().get_model_version(self.model_name, str(version)).run_id
-        with tempfile.TemporaryDirectory(prefix="churnops-onnx-") as folder:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=f"{ONNX_ARTIFACT_DIR}/{ONNX_FILE}",
-                    tracking_uri=self.tracking_uri,
-                    dst_path=folder,
-                )
-            except (MlflowException, OSError):
-                compiled = compile_pipeline(self.load(version))
-                self.save_onnx(run_id, compiled)
-                return compiled
-            return Path(path).read_bytes()
+        try:
+            return self._read_file(version, ONNX_ARTIFACT, Path.read_bytes)
+        except (MlflowException, OSError):
+            compiled = compile_pipeline(self.load(version))
+            self.save_onnx(self.client().get_model_version(self.model_name, str(version)).run_id, compiled)
+            return compiled
 
     def promote(self, version: int | str) -> None:
         client = self.client()
