@@ -118,13 +118,16 @@ def _provenance() -> dict[str, str]:
     }
 
 
-def _log_candidate(name, model, evaluation, train, holdout, tags, seed, threshold) -> tuple[str, str, dict]:
-    """One MLflow run for one candidate; returns its run id, model URI and plot files."""
+def _log_candidate(name, model, evaluation, train, holdout, tags, seed, threshold) -> tuple[str, str, str]:
+    """One MLflow run for one candidate; returns its run id, model URI and its plots as Markdown.
+
+    The plot files are needed only until MLflow and the Markdown hold them.
+    """
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    from churn_assets.train.plots import save_plots
+    from churn_assets.train.plots import markdown_image, save_plots
 
     features = list(FEATURE_COLUMNS)
     with mlflow.start_run(run_name=name) as run:
@@ -148,10 +151,11 @@ def _log_candidate(name, model, evaluation, train, holdout, tags, seed, threshol
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
                 pip_requirements=_requirements(),
             )
-        plot_dir = Path(tempfile.mkdtemp(prefix=f"churnops-{name}-"))
-        plots = save_plots(model, holdout, holdout[LABEL_COLUMN], evaluation.probabilities, plot_dir, seed)
-        mlflow.log_artifacts(str(plot_dir), artifact_path="plots")
-    return run.info.run_id, info.model_uri, plots
+        with tempfile.TemporaryDirectory(prefix=f"churnops-{name}-") as folder:
+            plots = save_plots(model, holdout, holdout[LABEL_COLUMN], evaluation.probabilities, Path(folder), seed)
+            mlflow.log_artifacts(folder, artifact_path="plots")
+            markdown = "\n\n".join(markdown_image(plots[p], p) for p in ("roc_curve", "feature_importance"))
+    return run.info.run_id, info.model_uri, markdown
 
 
 @dg.asset(
@@ -174,7 +178,6 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
 
     from churn_assets.serve.onnx import ONNX_TOLERANCE, compile_pipeline, onnx_disagreement
     from churn_assets.train.candidates import CANDIDATES, evaluate
-    from churn_assets.train.plots import markdown_image
 
     settings = get_settings()
     train, holdout = read_split("train"), read_split("holdout")
@@ -223,9 +226,7 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
                 pd.DataFrame(evaluation.confusion, index=["actual stay", "actual churn"], columns=["predicted stay", "predicted churn"]).to_markdown()
             ),
             "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, run_id)),
-            "plots": dg.MetadataValue.md(
-                "\n\n".join(markdown_image(plots[p], p) for p in ("roc_curve", "feature_importance"))
-            ),
+            "plots": dg.MetadataValue.md(plots),
         }
     )
     yield dg.AssetCheckResult(

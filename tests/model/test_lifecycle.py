@@ -6,6 +6,9 @@ hand-picked models, so which one deserves to win is known in advance.
 """
 
 import datetime as dt
+import tempfile
+import time
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -23,6 +26,7 @@ from churn_assets.train.registry import ModelRegistry
 pytestmark = pytest.mark.slow
 
 LAST = dt.date(2026, 10, 28)
+SESSION_START = time.time()
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,14 @@ def test_every_run_records_metrics_dataset_provenance_and_plots(graph):
         assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"training_set", "holdout_set"}
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert plots == {f"plots/{p}.png" for p in ("roc_curve", "pr_curve", "calibration", "feature_importance")}
+
+
+def test_the_plots_are_embedded_in_the_metadata_and_leave_no_files_behind(graph):
+    _, result = graph
+    model = result.asset_materializations_for_node("churn_model")[0].metadata
+    assert model["plots"].value.count("](data:image/png;base64,") == 2
+    candidates = ("logistic_regression", "gradient_boosting")
+    assert not [p for c in candidates for p in Path(tempfile.gettempdir()).glob(f"churnops-{c}-*") if p.stat().st_mtime > SESSION_START]
 
 
 def test_a_worse_model_is_not_promoted_and_the_champion_stays(fresh_registry, register_model):
