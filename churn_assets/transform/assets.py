@@ -1,8 +1,8 @@
 """The dbt models as assets: staging, daily aggregates, features and labels.
 
-dbt builds the daily models as microbatch models, one batch per day of the partition window
-(``--event-time-start``/``--event-time-end``), and the rest whole, so the two live in separate
-``@dbt_assets``. dbt tests become asset checks; error-severity ones are blocking. After dbt exits,
+dbt builds the daily models for the partition window (``--event-time-start``/``--event-time-end``,
+which ``macros/event_time_window.sql`` reads), one statement per model for the whole window, and
+the rest whole, so the two live in separate ``@dbt_assets``. dbt tests become asset checks; error-severity ones are blocking. After dbt exits,
 each model's materialization gets its row count and date range from the warehouse, read when dbt
 no longer holds the file.
 """

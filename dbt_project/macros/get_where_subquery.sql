@@ -9,12 +9,11 @@
     {%- if config.get('where') -%}
         {%- do conditions.append(config.get('where')) -%}
     {%- endif -%}
-    {%- set start = invocation_args_dict.get('event_time_start') -%}
-    {%- set end = invocation_args_dict.get('event_time_end') -%}
+    {%- set window = event_time_window() -%}
     {%- set tested = graph.nodes.get(model.attached_node) if model.attached_node else none -%}
     {%- set column = tested.config.event_time if tested else none -%}
-    {%- if start and end and column -%}
-        {%- do conditions.append(column ~ " >= cast('" ~ start ~ "' as timestamp) and " ~ column ~ " < cast('" ~ end ~ "' as timestamp)") -%}
+    {%- if window and column -%}
+        {%- do conditions.append(column ~ " >= cast('" ~ window.start ~ "' as timestamp) and " ~ column ~ " < cast('" ~ window.end ~ "' as timestamp)") -%}
     {%- endif -%}
     {%- if conditions -%}
         {{ return("(select * from " ~ relation ~ " where " ~ conditions | join(" and ") ~ ") dbt_subquery") }}

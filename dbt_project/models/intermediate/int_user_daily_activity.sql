@@ -1,14 +1,13 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='microbatch',
+        incremental_strategy='event_time_window',
         event_time='activity_date',
-        batch_size='day',
-        begin=var('begin'),
     )
 }}
 
-{#- One batch per day: dbt filters stg_events to the batch's day by its event_ts. -#}
+{#- The run's window of days (macros/event_time_window.sql), read from stg_events by event_ts. -#}
+{%- set window = event_time_window() %}
 
 select
     user_id,
@@ -23,4 +22,7 @@ select
     coalesce(sum(value) filter (where event_type = 'payment'), 0) as payment_amount_usd,
     count(*) filter (where event_type = 'payment_failed') as failed_payments
 from {{ ref('stg_events') }}
+{%- if window %}
+where event_ts >= cast('{{ window.start }}' as timestamp) and event_ts < cast('{{ window.end }}' as timestamp)
+{%- endif %}
 group by user_id, event_date

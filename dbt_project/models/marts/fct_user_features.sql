@@ -1,88 +1,129 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='microbatch',
+        incremental_strategy='event_time_window',
         event_time='snapshot_date',
-        batch_size='day',
-        begin=var('begin'),
     )
 }}
 
 {#-
-    Features of a user as of the end of snapshot_date, from the 30 days that end on it. One batch
-    per snapshot date, so a build of months holds one day's users in memory, and a day reads only
-    the activity it needs: its 30-day window, and a year of payment days. Outside a batch (dbt
-    compile, docs) the model shows the latest day.
+    Features of a user as of the end of snapshot_date, from the 30 days that end on it, for every
+    snapshot date of the run's window (macros/event_time_window.sql) in one statement.
+
+    Rolling sums are window frames over each user's days, so each activity day is read once, not
+    once per snapshot it falls in. A user has a row on each day of their *spans*: from an active
+    day to 29 days after the last active day of a run of active days less than 31 days apart.
+    DuckDB spills the frames' sort to disk beyond its memory_limit, so memory stays bounded
+    however long the window.
 -#}
 
-{%- set batch = model.get('batch') -%}
-{%- if batch and batch.get('event_time_start') -%}
-    {%- set snapshot_day = "cast('" ~ batch.event_time_start.strftime('%Y-%m-%d') ~ "' as date)" -%}
-{%- else -%}
-    {%- set snapshot_day = "(select max(activity_date) from " ~ ref('int_user_daily_activity').render() ~ ")" -%}
-{%- endif %}
+{%- set window = event_time_window() %}
 
-{#- Each CTE reads the activity table with its own date filter, so DuckDB skips the other days. -#}
-
-with snapshot_bounds as (
-    select min(activity_date) as first_activity, max(activity_date) as last_activity
-    from {{ ref('int_user_daily_activity').render() }}
+with bounds as (
+    select
+        {% if window -%} greatest(cast('{{ window.start }}' as date), min(activity_date)) {%- else -%} min(activity_date) {%- endif %} as first_day,
+        {% if window -%} least(cast('{{ window.end }}' as date) - 1, max(activity_date)) {%- else -%} max(activity_date) {%- endif %} as last_day
+    from {{ ref('int_user_daily_activity') }}
 ),
 
 activity as (
-    select * from {{ ref('int_user_daily_activity').render() }}
-    where activity_date between {{ snapshot_day }} - 29 and {{ snapshot_day }}
+    select activity.*
+    from {{ ref('int_user_daily_activity') }} as activity, bounds
+    where activity.activity_date between bounds.first_day - 29 and bounds.last_day
+),
+
+active_days as (
+    select
+        user_id,
+        activity_date,
+        coalesce(
+            activity_date - lag(activity_date) over (partition by user_id order by activity_date) > 30, true
+        ) as starts_span
+    from activity
+    where engagement_events > 0
+),
+
+numbered_spans as (
+    select
+        user_id,
+        activity_date,
+        count(*) filter (where starts_span) over (
+            partition by user_id order by activity_date rows unbounded preceding
+        ) as span_number
+    from active_days
+),
+
+spans as (
+    select
+        user_id,
+        greatest(min(activity_date), any_value(bounds.first_day)) as span_start,
+        least(max(activity_date) + 29, any_value(bounds.last_day)) as span_end
+    from numbered_spans, bounds
+    group by user_id, span_number
 ),
 
 snapshots as (
-    select {{ snapshot_day }} as snapshot_date
-    from snapshot_bounds
-    where {{ snapshot_day }} between first_activity and last_activity
+    select user_id, cast(unnest(range(span_start, span_end + 1, interval 1 day)) as date) as snapshot_date
+    from spans
+    where span_start <= span_end
 ),
 
-last_30_days as (
+user_days as (
     select
-        snapshots.snapshot_date,
-        activity.*,
-        snapshots.snapshot_date - activity.activity_date as days_ago,
-        activity.engagement_events > 0 as is_active_day
+        coalesce(snapshots.user_id, activity.user_id) as user_id,
+        coalesce(snapshots.snapshot_date, activity.activity_date) as day,
+        snapshots.user_id is not null as is_snapshot,
+        coalesce(activity.engagement_events, 0) as engagement_events,
+        coalesce(activity.lesson_views, 0) as lesson_views,
+        coalesce(activity.quiz_attempts, 0) as quiz_attempts,
+        coalesce(activity.video_minutes, 0) as video_minutes,
+        coalesce(activity.payments, 0) as payments,
+        coalesce(activity.failed_payments, 0) as failed_payments,
+        coalesce(activity.support_tickets, 0) as support_tickets
     from snapshots
-    inner join activity
-        on activity.activity_date between snapshots.snapshot_date - 29 and snapshots.snapshot_date
+    full outer join activity
+        on snapshots.user_id = activity.user_id and snapshots.snapshot_date = activity.activity_date
+),
+
+rolling as (
+    select
+        user_id,
+        day as snapshot_date,
+        is_snapshot,
+        count(*) filter (where engagement_events > 0) over last_7_days as active_days_7d,
+        count(*) filter (where engagement_events > 0) over last_14_days as active_days_14d,
+        count(*) filter (where engagement_events > 0) over last_30_days as active_days_30d,
+        sum(engagement_events) over last_7_days as engagement_events_7d,
+        sum(engagement_events) over last_14_days as engagement_events_14d,
+        sum(engagement_events) over last_30_days as engagement_events_30d,
+        sum(lesson_views) over last_7_days as lesson_views_7d,
+        sum(lesson_views) over last_14_days as lesson_views_14d,
+        sum(lesson_views) over last_30_days as lesson_views_30d,
+        sum(quiz_attempts) over last_7_days as quiz_attempts_7d,
+        sum(quiz_attempts) over last_30_days as quiz_attempts_30d,
+        sum(video_minutes) over last_7_days as video_minutes_7d,
+        sum(video_minutes) over last_14_days as video_minutes_14d,
+        sum(video_minutes) over last_30_days as video_minutes_30d,
+        day - max(day) filter (where engagement_events > 0) over last_30_days as days_since_last_activity,
+        sum(payments) over last_30_days as payments_30d,
+        sum(failed_payments) over last_30_days as failed_payments_30d,
+        sum(support_tickets) over last_30_days as support_tickets_30d
+    from user_days
+    window
+        last_7_days as (partition by user_id order by day range between interval 6 days preceding and current row),
+        last_14_days as (partition by user_id order by day range between interval 13 days preceding and current row),
+        last_30_days as (partition by user_id order by day range between interval 29 days preceding and current row)
 ),
 
 windows as (
-    select
-        user_id,
-        snapshot_date,
-        count(*) filter (where is_active_day and days_ago < 7) as active_days_7d,
-        count(*) filter (where is_active_day and days_ago < 14) as active_days_14d,
-        count(*) filter (where is_active_day) as active_days_30d,
-        coalesce(sum(engagement_events) filter (where days_ago < 7), 0) as engagement_events_7d,
-        coalesce(sum(engagement_events) filter (where days_ago < 14), 0) as engagement_events_14d,
-        sum(engagement_events) as engagement_events_30d,
-        coalesce(sum(lesson_views) filter (where days_ago < 7), 0) as lesson_views_7d,
-        coalesce(sum(lesson_views) filter (where days_ago < 14), 0) as lesson_views_14d,
-        sum(lesson_views) as lesson_views_30d,
-        coalesce(sum(quiz_attempts) filter (where days_ago < 7), 0) as quiz_attempts_7d,
-        sum(quiz_attempts) as quiz_attempts_30d,
-        coalesce(sum(video_minutes) filter (where days_ago < 7), 0) as video_minutes_7d,
-        coalesce(sum(video_minutes) filter (where days_ago < 14), 0) as video_minutes_14d,
-        sum(video_minutes) as video_minutes_30d,
-        min(days_ago) filter (where is_active_day) as days_since_last_activity,
-        sum(payments) as payments_30d,
-        sum(failed_payments) as failed_payments_30d,
-        sum(support_tickets) as support_tickets_30d
-    from last_30_days
-    group by user_id, snapshot_date
-    having count(*) filter (where is_active_day) > 0
+    select * exclude (is_snapshot) from rolling where is_snapshot
 ),
 
 payment_days as (
-    select user_id, activity_date as payment_date
-    from {{ ref('int_user_daily_activity').render() }}
-    where payments > 0
-        and activity_date between {{ snapshot_day }} - 365 and {{ snapshot_day }}
+    select payments.user_id, payments.activity_date as payment_date
+    from {{ ref('int_user_daily_activity') }} as payments, bounds
+    where payments.payments > 0
+        and payments.activity_date between bounds.first_day - 365 and bounds.last_day
 ),
 
 with_last_payment as (
