@@ -3,8 +3,8 @@
 This PSI is the platform's authoritative drift number (the checks and the retrain loop use it):
 bins are the reference's deciles (or its categories), fixed by the reference alone, so a day's
 value does not depend on the day's own data. ``psi`` is the reference implementation in pandas;
-``psi_by_day`` computes the same numbers in DuckDB for every day of a window in one query, so
-the monitor stage never pulls a population into Python. Evidently's report uses its own binning
+``psi_by_day`` counts every day's bins of a window in DuckDB in one scan, so the monitor stage
+never pulls a population into Python, only a few counts per column and day. Evidently's report uses its own binning
 (over reference and current combined) and is there to look at.
 """
 
@@ -64,9 +64,23 @@ def column_bins(reference: pd.Series, column: str) -> ColumnBins:
     return ColumnBins(column, tuple(edges.tolist()), None, tuple(shares.tolist()))
 
 
-def _term(actual: str, expected: str) -> str:
-    a, e = f"greatest({actual}, {EPSILON})", f"greatest({expected}, {EPSILON})"
-    return f"({a} - {e}) * ln({a} / {e})"
+def _bucket(b: ColumnBins) -> str:
+    """SQL for a value's bin: its category, or the number of edges at or below it (``searchsorted(side="right")``).
+
+    The edges are parsed from their shortest repr, which round-trips to the same double.
+    """
+    if b.edges is None:
+        return f"CAST({b.column} AS VARCHAR)"
+    value = f"CAST({b.column} AS DOUBLE)"
+    return " + ".join(f"CAST({value} >= CAST('{edge!r}' AS DOUBLE) AS INTEGER)" for edge in b.edges) or "0"
+
+
+def _psi_of_counts(counts: dict, expected: dict) -> float:
+    total = sum(counts.values())
+    buckets = sorted(set(counts) | set(expected), key=str)
+    actual = np.clip([counts.get(k, 0) / total for k in buckets], EPSILON, None)
+    share = np.clip([expected.get(k, 0.0) for k in buckets], EPSILON, None)
+    return float(np.sum((actual - share) * np.log(actual / share)))
 
 
 def psi_by_day(
@@ -74,48 +88,21 @@ def psi_by_day(
 ) -> pd.DataFrame:
     """PSI of every binned column of ``relation`` on each of its days: ``day``, ``column_name``, ``psi``.
 
-    A numeric value's bin is the number of edges at or below it (``searchsorted(side="right")``);
-    a category unseen in the reference counts as a bin of expected share 0, as in ``psi``.
+    One scan: DuckDB counts each column's bins per day (a histogram per column), and the PSI of
+    those few counts is computed here as ``psi`` computes it. A category unseen in the reference
+    counts as a bin of expected share 0.
     """
-    numeric = [b for b in bins if b.edges is not None]
-    categorical = [b for b in bins if b.categories is not None]
-    con.register("_psi_edges", pd.DataFrame({"column_name": [b.column for b in numeric], "edges": [list(b.edges) for b in numeric]}))
-    con.register(
-        "_psi_expected",
-        pd.DataFrame(
-            [(b.column, str(i), share) for b in numeric for i, share in enumerate(b.shares)]
-            + [(b.column, c, share) for b in categorical for c, share in zip(b.categories, b.shares, strict=True)],
-            columns=["column_name", "bucket", "share"],
-        ),
-    )
-    observed = [
-        f"""SELECT l.day, l.column_name, CAST(len(list_filter(e.edges, lambda x: x <= l.value)) AS VARCHAR) AS bucket
-            FROM (UNPIVOT (SELECT {day} AS day, {", ".join(f"CAST({b.column} AS DOUBLE) AS {b.column}" for b in numeric)} FROM {relation})
-                  ON {", ".join(b.column for b in numeric)} INTO NAME column_name VALUE value) AS l
-            JOIN _psi_edges AS e USING (column_name)"""
-    ] if numeric else []
-    observed += [
-        f"SELECT {day} AS day, '{b.column}' AS column_name, CAST({b.column} AS VARCHAR) AS bucket FROM {relation}"
-        for b in categorical
+    histograms = ", ".join(f"histogram({_bucket(b)})" for b in bins)
+    rows = con.execute(f"SELECT {day}, {histograms} FROM {relation} GROUP BY 1 ORDER BY 1").fetchall()
+    expected = {
+        b.column: dict(zip(b.categories if b.edges is None else range(len(b.shares)), b.shares, strict=True))
+        for b in bins
+    }
+    records = [
+        (snapshot, b.column, _psi_of_counts(counts, expected[b.column]))
+        for snapshot, *per_column in rows
+        for b, counts in zip(bins, per_column, strict=True)
     ]
-    try:
-        return con.execute(
-            f"""
-            WITH observed AS ({" UNION ALL ".join(observed)}),
-            counts AS (SELECT day, column_name, bucket, count(*) AS n FROM observed GROUP BY ALL),
-            totals AS (SELECT day, column_name, sum(n) AS total FROM counts GROUP BY ALL),
-            buckets AS (
-                SELECT t.day, t.column_name, x.bucket FROM totals AS t JOIN _psi_expected AS x USING (column_name)
-                UNION SELECT day, column_name, bucket FROM counts
-            )
-            SELECT b.day AS {day}, b.column_name, sum({_term("coalesce(c.n, 0) / t.total", "coalesce(x.share, 0)")}) AS psi
-            FROM buckets AS b
-            JOIN totals AS t USING (day, column_name)
-            LEFT JOIN counts AS c USING (day, column_name, bucket)
-            LEFT JOIN _psi_expected AS x USING (column_name, bucket)
-            GROUP BY ALL ORDER BY ALL
-            """
-        ).df()
-    finally:
-        con.unregister("_psi_edges")
-        con.unregister("_psi_expected")
+    frame = pd.DataFrame(records, columns=[day, "column_name", "psi"])
+    frame[day] = pd.to_datetime(frame[day])
+    return frame
