@@ -6,6 +6,7 @@ hand-picked models, so which one deserves to win is known in advance.
 """
 
 import datetime as dt
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +89,11 @@ def test_every_run_records_metrics_dataset_provenance_and_plots(graph):
         assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
         assert len(run.data.tags["dbt_manifest_sha256"]) == 64
         assert {i.dataset.name for i in run.inputs.dataset_inputs} == {"training_set", "holdout_set"}
+        for recorded in run.inputs.dataset_inputs:
+            assert json.loads(recorded.dataset.source)["uri"].endswith("training_set.parquet")
+            schema = [c["name"] for c in json.loads(recorded.dataset.schema)["mlflow_colspec"]]
+            assert schema == [*FEATURE_COLUMNS, LABEL_COLUMN]
+        assert int(run.data.params["training_rows"]) > int(run.data.params["holdout_rows"]) > 0
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert plots == {f"plots/{p}.png" for p in ("roc_curve", "pr_curve", "calibration", "feature_importance")}
 
