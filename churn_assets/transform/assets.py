@@ -7,6 +7,7 @@ each model's materialization gets its row count and date range from the warehous
 no longer holds the file.
 """
 
+import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -54,6 +55,18 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
 translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
 
+def _build(dbt: DbtCliResource, args: list[str], context: dg.AssetExecutionContext, warehouse: Warehouse) -> Iterator:
+    """One dbt invocation, its events with table stats; a successful one leaves no target folder.
+
+    dagster-dbt gives each invocation its own folder under dbt_project/target (about 3 MB), which a
+    daemon running every night would pile up. A failed invocation keeps its folder, compiled SQL
+    included, to be looked at.
+    """
+    invocation = dbt.cli(args, context=context)
+    yield from _with_table_stats(invocation.stream(), warehouse)
+    shutil.rmtree(invocation.target_path, ignore_errors=True)
+
+
 def _with_table_stats(events: Iterator, warehouse: Warehouse) -> Iterator:
     """Lets dbt finish (it holds the DuckDB file) before reading row counts and date ranges."""
     collected = list(events)
@@ -91,8 +104,8 @@ def _table_stats(con, model: str) -> dict[str, Any]:
 def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Daily aggregates and features for the partition window being run."""
     window = context.partition_time_window
-    batches = ["--event-time-start", window.start.date().isoformat(), "--event-time-end", window.end.date().isoformat()]
-    yield from _with_table_stats(dbt.cli(["build", *batches], context=context).stream(), warehouse)
+    window_flags = ["--event-time-start", window.start.date().isoformat(), "--event-time-end", window.end.date().isoformat()]
+    yield from _build(dbt, ["build", *window_flags], context, warehouse)
 
 
 @dbt_assets(
@@ -104,4 +117,4 @@ def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, war
 )
 def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Staging views and the labels, which always cover the whole history."""
-    yield from _with_table_stats(dbt.cli(["build"], context=context).stream(), warehouse)
+    yield from _build(dbt, ["build"], context, warehouse)
