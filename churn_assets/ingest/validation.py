@@ -27,6 +27,8 @@ from churn_assets.ingest.schema import (
 )
 
 SAMPLE_ROWS = 5
+# The staged batch's alias, for a rule whose subquery has columns of the same names.
+BATCH = "batch"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,13 @@ def event_rules(now: dt.datetime, replacing: tuple[dt.date, dt.date] = (dt.date.
             "Every event belongs to a user in the users table (loaded before the events).",
             ("user_id",),
             f"user_id IS NOT NULL AND {_typed('user_id', EVENT_COLUMNS)} NOT IN (SELECT user_id FROM {USERS_TABLE})",
+        ),
+        Rule(
+            "events_not_before_signup",
+            "No event happens before the day its user signed up.",
+            ("event_ts",),
+            f"CAST({ts} AS DATE) < (SELECT u.signup_date FROM {USERS_TABLE} AS u "
+            f"WHERE u.user_id = TRY_CAST({BATCH}.user_id AS {EVENT_COLUMNS['user_id']}))",
         ),
         Rule(
             "events_not_in_future",
@@ -178,7 +187,7 @@ def check_batch(con: duckdb.DuckDBPyConnection, table: str, rules: list[Rule]) -
 def _evaluate(con: duckdb.DuckDBPyConnection, table: str, rule: Rule) -> Outcome:
     if rule.types:
         return _evaluate_types(con, table, rule)
-    violating = f"SELECT _source, _row FROM (SELECT *, ({rule.predicate}) AS _bad FROM {table}) WHERE _bad"
+    violating = f"SELECT _source, _row FROM (SELECT *, ({rule.predicate}) AS _bad FROM {table} AS {BATCH}) WHERE _bad"
     count = con.execute(f"SELECT count(*) FROM ({violating})").fetchone()[0]
     if count == 0:
         return Outcome(rule.name, True, rule.description, 0)

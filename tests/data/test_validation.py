@@ -7,7 +7,7 @@ import pytest
 from churn_assets.ingest.schema import EVENTS_TABLE, USERS_TABLE
 
 DAY = dt.date(2026, 7, 1)
-GOOD_USERS = ["1,2026-06-01,pro,US,organic", "2,2026-06-20,free,IN,social"]
+GOOD_USERS = ["1,2026-06-01,pro,US,organic", "2,2026-06-20,free,IN,social", "4,2026-07-02,pro,DE,organic"]
 GOOD_EVENTS = [
     "1,1,login,2026-07-01 09:00:00,",
     "2,1,video_minutes,2026-07-01 09:30:00,12.5",
@@ -38,6 +38,7 @@ EVENT_CASES = {
     "text in a number column": (None, ["1,one,login,2026-07-01 09:00:00,"], "events_column_types", ["column user_id", "events.csv row 1", "'one'"]),
     "missing user": (None, ["1,1,login,2026-07-01 09:00:00,", "2,,login,2026-07-01 09:00:00,"], "events_keys_not_null", ["user_id", "events.csv row 2"]),
     "user not in the users file": (None, ["1,1,login,2026-07-01 09:00:00,", "2,3,login,2026-07-01 09:00:00,"], "events_known_users", ["column user_id", "events.csv row 2"]),
+    "event before its user signed up": (None, ["1,1,login,2026-07-01 09:00:00,", "2,4,login,2026-07-01 23:59:59,"], "events_not_before_signup", ["column event_ts", "events.csv row 2"]),
     "unknown event type": (None, ["1,1,logn,2026-07-01 09:00:00,"], "events_known_types", ["column event_type", "events.csv row 1"]),
     "duplicate event id": (None, ["7,1,login,2026-07-01 09:00:00,", "7,2,login,2026-07-01 10:00:00,"], "events_unique_ids", ["column event_id", "events.csv row 1", "events.csv row 2"]),
     "timestamp in the future": (None, ["1,1,login,2099-07-01 09:00:00,"], "events_not_in_future", ["column event_ts", "events.csv row 1"]),
