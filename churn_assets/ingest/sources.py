@@ -8,7 +8,9 @@ inside a reader with a message that names no row.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -34,7 +36,8 @@ class RawSource(dg.ConfigurableResource):
     def stage_users(self, con: duckdb.DuckDBPyConnection, table: str, as_of: dt.date) -> None:
         """The users file as it is, or the synthetic users who have signed up by ``as_of``."""
         if self.mode == "files":
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_file_scan(self._files('users'))}")
+            paths = self._files("users")
+            _stage_files(con, table, _file_scan(paths), paths)
             return
         users = synthetic.generate_users(self.n_users, self._start, self.history_days, self.seed, as_of)
         users["_source"] = "synthetic users"
@@ -50,13 +53,15 @@ class RawSource(dg.ConfigurableResource):
         partition's window and vanish silently; staging them makes the checks reject the file.
         """
         if self.mode == "files":
-            scan = _file_scan(self._files("events"))
-            columns = {row[0] for row in con.execute(f"DESCRIBE {scan}").fetchall()}
+            paths = self._files("events")
+            scan = _file_scan(paths)
+            columns = {row[0] for row in _read(con, f"DESCRIBE {scan}", paths)}
             where = ""
             if "event_ts" in columns:
+                scan = f"SELECT * REPLACE ({_utc('event_ts')} AS event_ts) FROM ({scan})"
                 ts = "TRY_CAST(event_ts AS TIMESTAMP)"
                 where = f"WHERE {ts} IS NULL OR {ts} > now() OR ({ts} >= DATE '{start}' AND {ts} < DATE '{end}')"
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({scan}) {where}")
+            _stage_files(con, table, f"SELECT * FROM ({scan}) {where}", paths)
             return
         pop = synthetic.population(self.n_users, self._start, self.history_days, self.seed, end - dt.timedelta(days=1))
         drift_from = dt.date.fromisoformat(self.drift_from) if self.drift_from else None
@@ -92,13 +97,74 @@ class RawSource(dg.ConfigurableResource):
         return found
 
 
+# A time of day followed by a UTC offset (+02:00, -0530, +02) or Z, at the end of the value.
+_OFFSET = r"[0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?[ ]*(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+
+
+def _utc(column: str) -> str:
+    """SQL: a timestamp written with a UTC offset becomes the UTC time it denotes; other values stay as they are.
+
+    Timestamps without an offset are UTC by contract, so after this every parseable timestamp is
+    UTC, and an event's day is its UTC date. A value that does not parse stays as written, for the
+    type check to name it.
+    """
+    text = f"trim(CAST({column} AS VARCHAR))"
+    utc = f"CAST(timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ)) AS VARCHAR)"
+    return f"CASE WHEN regexp_matches({text}, '{_OFFSET}') THEN coalesce({utc}, {text}) ELSE {text} END"
+
+
 def _file_scan(paths: list[Path]) -> str:
     """A SELECT over the files with every value as text, numbered by file and line."""
-    parts = []
-    for path in paths:
-        if path.suffix == ".csv":
-            reader = f"read_csv('{path}', all_varchar = true, header = true)"
-        else:
-            reader = f"read_parquet('{path}')"
-        parts.append(f"SELECT *, '{path.name}' AS _source, row_number() OVER () AS _row FROM {reader}")
-    return " UNION ALL BY NAME ".join(parts)
+    return " UNION ALL BY NAME ".join(
+        f"SELECT *, '{path.name}' AS _source, row_number() OVER () AS _row FROM {_reader(path)}" for path in paths
+    )
+
+
+def _reader(path: Path) -> str:
+    """CSV is read as the contract defines it (comma, double quotes, a header), never sniffed.
+
+    A sniffer that meets one row with an extra field settles for a dialect of one column, and the
+    file then fails as missing keys; read strictly, the row itself is named.
+    """
+    if path.suffix != ".csv":
+        return f"read_parquet('{path}')"
+    columns = ", ".join(f"'{name}': 'VARCHAR'" for name in _csv_header(path))
+    return f"""read_csv('{path}', auto_detect = false, header = true, delim = ',', quote = '"', escape = '"', columns = {{{columns}}})"""
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise dg.Failure(description=f"{path.name} is empty: it needs at least its header row.", allow_retries=False)
+    return [name.strip().replace("'", "''") for name in header]
+
+
+def _read(con: duckdb.DuckDBPyConnection, sql: str, paths: list[Path]) -> list[tuple]:
+    try:
+        return con.execute(sql).fetchall()
+    except duckdb.Error as error:
+        raise dg.Failure(description=_unreadable(error, paths), allow_retries=False) from error
+
+
+def _stage_files(con: duckdb.DuckDBPyConnection, table: str, select: str, paths: list[Path]) -> None:
+    _read(con, f"CREATE OR REPLACE TEMP TABLE {table} AS {select}", paths)
+
+
+def _unreadable(error: duckdb.Error, paths: list[Path]) -> str:
+    """What a person must fix, from DuckDB's reader error: the file, and for CSV the line."""
+    text = str(error)
+    named = [p.name for p in paths if p.name in text] or [p.name for p in paths]
+    where = ", ".join(named)
+    line = re.search(r"CSV Error on Line: (\d+)", text)
+    counts = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text)
+    original = re.search(r"Original Line: (.*)", text)
+    if line and counts:
+        return (
+            f"{where} line {line.group(1)} has {counts.group(2)} fields where the header has {counts.group(1)}"
+            + (f": {original.group(1).strip()}" if original else "")
+            + ". Quote a value that contains a comma (a decimal comma: write 2.4 or \"2,4\"); nothing was loaded."
+        )
+    if "too small to be a Parquet file" in text or "No magic bytes" in text:
+        return f"{where} is not a Parquet file (empty or cut short); nothing was loaded."
+    return f"{where} could not be read: {text.splitlines()[0]}; nothing was loaded."

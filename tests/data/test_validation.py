@@ -113,6 +113,33 @@ def test_a_missing_source_file_is_named(platform, source_files):
     assert "no events file" in failure.step_failure_data.user_failure_data.description
 
 
+UNREADABLE_FILES = {
+    "a 0-byte Parquet file": ("events.parquet", b"", ["events.parquet is not a Parquet file"]),
+    "a 0-byte CSV file": ("events.csv", b"", ["events.csv is empty"]),
+    "an unquoted decimal comma": (
+        "events.csv",
+        b"event_id,user_id,event_type,event_ts,value\n1,1,login,2026-07-01 09:00:00,\n2,1,video_minutes,2026-07-01 09:30:00,2,4\n",
+        ["events.csv line 3 has 6 fields where the header has 5", "2,1,video_minutes,2026-07-01 09:30:00,2,4", "Quote a value"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE_FILES, ids=list(UNREADABLE_FILES))
+def test_an_unreadable_file_is_named_with_what_to_fix_and_nothing_is_loaded(loaded, source_files, case):
+    name, content, fragments = UNREADABLE_FILES[case]
+    before = loaded.query(f"SELECT * EXCLUDE (_loaded_at) FROM {EVENTS_TABLE} ORDER BY event_id")
+    (source_files.root / "events.csv").unlink()
+    (source_files.root / name).write_bytes(content)
+
+    result = loaded.materialize(DAY, DAY, "raw_events")
+
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    description = failure.step_failure_data.user_failure_data.description
+    for fragment in fragments:
+        assert fragment in description
+    assert loaded.query(f"SELECT * EXCLUDE (_loaded_at) FROM {EVENTS_TABLE} ORDER BY event_id") == before
+
+
 @pytest.mark.slow
 def test_a_broken_file_stops_the_graph_and_keeps_the_last_good_features(platform, source_files):
     platform.use_files(source_files.write(GOOD_USERS, GOOD_EVENTS))
@@ -127,3 +154,21 @@ def test_a_broken_file_stops_the_graph_and_keeps_the_last_good_features(platform
     built = {e.asset_key.to_user_string() for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
     assert built == {"raw_users", "staging/stg_users"}, "nothing downstream of the rejected events may be built"
     assert platform.query("SELECT * FROM marts.fct_user_features ORDER BY ALL") == features_before
+
+
+def test_timestamps_with_an_offset_are_stored_as_the_utc_time_they_denote(platform, source_files):
+    platform.use_files(source_files.write(GOOD_USERS, [
+        "1,1,login,2026-07-02T01:30:00+02:00,",
+        "2,1,login,2026-07-02 23:30:00-0100,",
+        "3,1,login,2026-07-02 12:00:00Z,",
+        "4,1,login,2026-07-02 12:00:00,",
+    ]))
+
+    assert platform.materialize(dt.date(2026, 7, 1), dt.date(2026, 7, 3), "group:ingest").success
+
+    assert platform.query(f"SELECT event_id, event_ts FROM {EVENTS_TABLE} ORDER BY event_id") == [
+        (1, dt.datetime(2026, 7, 1, 23, 30)),
+        (2, dt.datetime(2026, 7, 3, 0, 30)),
+        (3, dt.datetime(2026, 7, 2, 12, 0)),
+        (4, dt.datetime(2026, 7, 2, 12, 0)),
+    ]
