@@ -45,10 +45,11 @@ def materialize_history(
     *,
     resources: dict | None = None,
     instance: dg.DagsterInstance | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One in-process run over a partition range: one DuckDB writer, and one run in the UI, not N."""
-    tags = {"dagster/asset_partition_range_start": start.isoformat(), "dagster/asset_partition_range_end": end.isoformat()}
-    return _run_in_process(selection, tags, resources, instance)
+    window = {"dagster/asset_partition_range_start": start.isoformat(), "dagster/asset_partition_range_end": end.isoformat()}
+    return _run_in_process(selection, {**(tags or {}), **window}, resources, instance)
 
 
 def run_retrain(

@@ -43,6 +43,10 @@ def _optional_date(name: str) -> dt.date | None:
     return dt.date.fromisoformat(value) if value else None
 
 
+LOW_VOLUME_TAG = "churnops/low_volume_expected"
+"""Run tag (value ``true``) with which an operator accepts a delivery the volume check would stop."""
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -70,6 +74,7 @@ class Settings:
     sensor_interval_seconds: int = 30
     duckdb_memory_limit: str = "4GB"
     duckdb_threads: int = 2
+    min_delivery_ratio: float = 0.2
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +116,7 @@ class Settings:
             sensor_interval_seconds=int(_env("CHURNOPS_SENSOR_INTERVAL_SECONDS", "30")),
             duckdb_memory_limit=_env("CHURNOPS_DUCKDB_MEMORY_LIMIT", "4GB"),
             duckdb_threads=int(_env("CHURNOPS_DUCKDB_THREADS", "2")),
+            min_delivery_ratio=float(_env("CHURNOPS_MIN_DELIVERY_RATIO", "0.2")),
         )
 
     @property

@@ -61,8 +61,10 @@ class Platform:
     def use_files(self, source_dir: Path) -> None:
         self.configure(CHURNOPS_SOURCE="files", CHURNOPS_SOURCE_DIR=str(source_dir))
 
-    def materialize(self, start: dt.date, end: dt.date, selection: str = "*") -> dg.ExecuteInProcessResult:
-        return materialize_history(start, end, selection, resources=self.resources, instance=self.instance)
+    def materialize(
+        self, start: dt.date, end: dt.date, selection: str = "*", tags: dict[str, str] | None = None
+    ) -> dg.ExecuteInProcessResult:
+        return materialize_history(start, end, selection, resources=self.resources, instance=self.instance, tags=tags)
 
     def materialize_data(self, start: dt.date, end: dt.date) -> dg.ExecuteInProcessResult:
         """Raw data to features and labels only: too short a history for the model stages."""

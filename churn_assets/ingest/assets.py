@@ -19,9 +19,18 @@ from churn_assets.ingest.schema import (
     USERS_TABLE,
 )
 from churn_assets.ingest.sources import RawSource
-from churn_assets.ingest.validation import Outcome, Rule, check_batch, event_rules, user_rules
+from churn_assets.ingest.validation import (
+    DELIVERY_VOLUME_CHECK,
+    Outcome,
+    Rule,
+    check_batch,
+    delivery_volume,
+    event_rules,
+    user_rules,
+)
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
+from churn_assets.settings import LOW_VOLUME_TAG, get_settings
 
 SAMPLE_SIZE = 5
 
@@ -75,6 +84,14 @@ def _users_as_of(context: dg.AssetExecutionContext) -> dt.date:
     return dt.date.fromisoformat(range_end) if range_end else dt.date.today() - dt.timedelta(days=1)
 
 
+def _volume(context, con, raw_source: RawSource, start: dt.date, end: dt.date) -> Outcome:
+    """Deliveries only: the synthetic product has quiet days of its own at a few dozen users."""
+    if raw_source.mode != "files":
+        return Outcome(DELIVERY_VOLUME_CHECK, True, "synthetic events: no delivery to check", 0)
+    expected = context.run.tags.get(LOW_VOLUME_TAG, "").lower() == "true"
+    return delivery_volume(con, "staged_events", start, end, get_settings().min_delivery_ratio, expected)
+
+
 @dg.asset(
     group_name="ingest",
     kinds={"python", "duckdb"},
@@ -118,7 +135,16 @@ def raw_users(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_sourc
     partitions_def=daily_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[raw_users],
-    check_specs=_check_specs("raw_events", event_rules(dt.datetime.now())),
+    check_specs=[
+        *_check_specs("raw_events", event_rules(dt.datetime.now())),
+        dg.AssetCheckSpec(
+            DELIVERY_VOLUME_CHECK,
+            asset="raw_events",
+            blocking=True,
+            description="Each delivered day has events, and at least CHURNOPS_MIN_DELIVERY_RATIO of the median "
+            f"day before it, unless the run is tagged {LOW_VOLUME_TAG}=true (files only).",
+        ),
+    ],
     description="Product events (logins, lessons, quizzes, video minutes, payments, support tickets), "
     "one partition per calendar day (table raw.events); re-loading a day replaces it. Loaded after "
     "the users, so a day's new signups are known before their first events are built into features.",
@@ -130,6 +156,7 @@ def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_sour
         raw_source.stage_events(con, "staged_events", start, end)
         _ensure_tables(con)
         outcomes = check_batch(con, "staged_events", event_rules(dt.datetime.now(), (start, end)))
+        outcomes.append(_volume(context, con, raw_source, start, end))
         yield from _check_results(outcomes)
         _raise_if_failed("raw_events", outcomes)
         con.execute("BEGIN TRANSACTION")

@@ -25,6 +25,7 @@ from churn_assets.ingest.schema import (
     USER_KEYS,
     USERS_TABLE,
 )
+from churn_assets.settings import LOW_VOLUME_TAG
 
 SAMPLE_ROWS = 5
 # The staged batch's alias, for a rule whose subquery has columns of the same names.
@@ -124,6 +125,52 @@ def event_rules(now: dt.datetime, replacing: tuple[dt.date, dt.date] = (dt.date.
             f"OR ({event_type} IN ('payment', 'payment_failed') AND ({value} IS NULL OR {value} > {MAX_PAYMENT_USD}))",
         ),
     ]
+
+
+DELIVERY_VOLUME_CHECK = "events_delivery_volume"
+TRAILING_DAYS = 28
+
+
+def delivery_volume(
+    con: duckdb.DuckDBPyConnection, staged: str, start: dt.date, end: dt.date, min_ratio: float, expected: bool
+) -> Outcome:
+    """Each delivered day has events, and not far fewer than the median of the loaded days before it.
+
+    An empty or truncated export looks like a quiet day; published, it would replace a day's
+    events with too few. The baseline is the median daily count of the ``TRAILING_DAYS`` loaded
+    before the window; without one (a first load) only an empty day is stopped. A ratio of 0 or
+    the run tag accepts any volume.
+    """
+    counts = con.execute(
+        f"""SELECT CAST(days.day AS DATE), count(batch.ts)
+            FROM range(DATE '{start}', DATE '{end}', INTERVAL 1 DAY) AS days(day)
+            LEFT JOIN (SELECT TRY_CAST(event_ts AS TIMESTAMP) AS ts FROM {staged}) AS batch
+                ON CAST(batch.ts AS DATE) = CAST(days.day AS DATE)
+            GROUP BY 1 ORDER BY 1"""
+    ).fetchall()
+    baseline = con.execute(
+        f"""SELECT median(n) FROM (
+                SELECT CAST(event_ts AS DATE), count(*) AS n FROM {EVENTS_TABLE}
+                WHERE event_ts >= DATE '{start - dt.timedelta(days=TRAILING_DAYS)}' AND event_ts < DATE '{start}'
+                GROUP BY 1)"""
+    ).fetchone()[0]
+    floor = min_ratio * baseline if baseline else 0
+    short = [(day, n) for day, n in counts if n == 0 or n < floor]
+    usual = f"the median of the {TRAILING_DAYS} days before is {baseline:,.0f}" if baseline else "no earlier days are loaded"
+    if not short:
+        return Outcome(DELIVERY_VOLUME_CHECK, True, f"every day has events; {usual}", 0)
+    days = ", ".join(f"{day} has {n:,} event(s)" for day, n in short)
+    threshold = f" (at least {min_ratio:.0%} of it is expected: CHURNOPS_MIN_DELIVERY_RATIO)" if baseline else ""
+    if expected or min_ratio <= 0:
+        why = f"the run is tagged {LOW_VOLUME_TAG}=true" if expected else "CHURNOPS_MIN_DELIVERY_RATIO is 0"
+        return Outcome(DELIVERY_VOLUME_CHECK, True, f"{days}; accepted, {why}", 0)
+    return Outcome(
+        DELIVERY_VOLUME_CHECK,
+        False,
+        f"{days}; {usual}{threshold}. An empty or cut-short export would replace the loaded events. "
+        f"If the low volume is real, load it again with the run tag {LOW_VOLUME_TAG}=true.",
+        len(short),
+    )
 
 
 def user_rules(today: dt.date) -> list[Rule]:

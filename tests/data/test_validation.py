@@ -5,6 +5,7 @@ import datetime as dt
 import pytest
 
 from churn_assets.ingest.schema import EVENTS_TABLE, USERS_TABLE
+from churn_assets.settings import LOW_VOLUME_TAG
 
 DAY = dt.date(2026, 7, 1)
 GOOD_USERS = ["1,2026-06-01,pro,US,organic", "2,2026-06-20,free,IN,social", "4,2026-07-02,pro,DE,organic"]
@@ -172,3 +173,47 @@ def test_timestamps_with_an_offset_are_stored_as_the_utc_time_they_denote(platfo
         (3, dt.datetime(2026, 7, 2, 12, 0)),
         (4, dt.datetime(2026, 7, 2, 12, 0)),
     ]
+
+
+@pytest.mark.parametrize("accepted_by", ["run tag", "setting"])
+def test_an_empty_delivery_is_stopped_unless_the_operator_says_it_is_expected(loaded, source_files, accepted_by):
+    raw_events = f"SELECT * EXCLUDE (_loaded_at) FROM {EVENTS_TABLE} ORDER BY event_id"
+    before = loaded.query(raw_events)
+    source_files.write(events=[])
+
+    failed = _rejected(loaded.materialize(DAY, DAY, "raw_events"), "raw_events")
+
+    message = {c.check_name: c.description for c in failed}["events_delivery_volume"]
+    assert "2026-07-01 has 0 event(s)" in message and f"{LOW_VOLUME_TAG}=true" in message
+    assert loaded.query(raw_events) == before
+
+    if accepted_by == "setting":
+        loaded.configure(CHURNOPS_MIN_DELIVERY_RATIO="0")
+    tags = {LOW_VOLUME_TAG: "true"} if accepted_by == "run tag" else None
+    assert loaded.materialize(DAY, DAY, "raw_events", tags=tags).success
+    assert loaded.query(raw_events) == []
+
+
+def test_a_day_far_below_the_usual_volume_is_stopped(loaded, source_files):
+    loaded.configure(CHURNOPS_MIN_DELIVERY_RATIO="0.5")
+    next_day = DAY + dt.timedelta(days=1)
+    source_files.write(events=[*GOOD_EVENTS, "4,1,login,2026-07-02 09:00:00,"])
+
+    failed = _rejected(loaded.materialize(next_day, next_day, "raw_events"), "raw_events")
+
+    message = {c.check_name: c.description for c in failed}["events_delivery_volume"]
+    assert "2026-07-02 has 1 event(s)" in message
+    assert "the median of the 28 days before is 3" in message and "at least 50% of it" in message
+
+
+def test_an_accepted_empty_day_leaves_no_activity_behind_for_that_day(platform, source_files):
+    platform.use_files(source_files.write(GOOD_USERS, GOOD_EVENTS))
+    assert platform.materialize_data(DAY, DAY).success
+    activity = f"SELECT count(*) FROM intermediate.int_user_daily_activity WHERE activity_date = DATE '{DAY}'"
+    assert platform.query(activity) == [(2,)]
+
+    source_files.write(events=[])
+    assert platform.materialize(DAY, DAY, "group:ingest or group:transform", tags={LOW_VOLUME_TAG: "true"}).success
+
+    assert platform.query(f"SELECT count(*) FROM {EVENTS_TABLE}") == [(0,)]
+    assert platform.query(activity) == [(0,)]
