@@ -14,7 +14,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
 from churn_assets.incidents import incident_log
-from churn_assets.settings import MODEL_NAME, get_settings
+from churn_assets.settings import LOW_VOLUME_TAG, MODEL_NAME, get_settings
 
 
 DRIFT_DEMO_DAYS = 14
@@ -111,13 +111,28 @@ def _print_failed_checks(result: dg.ExecuteInProcessResult) -> list:
     return failed
 
 
+def _print_failed_steps(result: dg.ExecuteInProcessResult) -> None:
+    """Each failed step's own message (the traceback stays in the run's log and the Dagster UI)."""
+    for event in result.all_events:
+        if event.event_type_value != "STEP_FAILURE":
+            continue
+        failure = event.step_failure_data
+        if failure.user_failure_data is not None and failure.user_failure_data.description:
+            message = failure.user_failure_data.description
+        else:
+            message = (failure.error.message if failure.error else "no message").strip().splitlines()[0]
+        print(f"FAILED STEP {event.step_key}: {message}")
+
+
 def _cmd_materialize(args: argparse.Namespace) -> int:
     settings = get_settings()
     start = dt.date.fromisoformat(args.start) if args.start else settings.start_date
     end = dt.date.fromisoformat(args.end) if args.end else settings.history_end
+    tags = dict(tag.split("=", 1) for tag in args.tag if "=" in tag)
     print(f"materializing {args.select!r} for {start} .. {end} into {settings.data_dir}", flush=True)
-    result = materialize_history(start, end, args.select)
+    result = materialize_history(start, end, args.select, tags=tags)
     failed_checks = _print_failed_checks(result)
+    _print_failed_steps(result)
     print("run succeeded" if result.success else "run FAILED: see the Dagster UI for the step that stopped it")
     return 0 if result.success and not failed_checks else 1
 
@@ -229,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("--select", default="*", help="Dagster asset selection (default: the whole graph)")
     materialize.add_argument("--start", help="first day (default: CHURNOPS_START_DATE)")
     materialize.add_argument("--end", help="last day (default: yesterday)")
+    materialize.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help=f"a run tag, repeatable (e.g. {LOW_VOLUME_TAG}=true to accept a low-volume delivery)",
+    )
     materialize.set_defaults(func=_cmd_materialize)
     demo = commands.add_parser(
         "drift-demo", help="switch the generator's drift on, refresh, let the retrain sensor tick, show the gate's decision"

@@ -1,6 +1,10 @@
 """Bad raw data is stopped at the ingest checks with a message a person can act on, and nothing is lost."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -217,3 +221,22 @@ def test_an_accepted_empty_day_leaves_no_activity_behind_for_that_day(platform, 
 
     assert platform.query(f"SELECT count(*) FROM {EVENTS_TABLE}") == [(0,)]
     assert platform.query(activity) == [(0,)]
+
+
+def test_the_cli_says_what_to_fix_and_accepts_a_run_tag(tmp_path, source_files):
+    source_files.write(GOOD_USERS, [])
+    env = {
+        **os.environ, "CHURNOPS_SOURCE": "files", "CHURNOPS_SOURCE_DIR": str(source_files.root),
+        "CHURNOPS_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path),
+    }
+    command = [str(Path(sys.executable).with_name("churnops")), "materialize", "--select", "group:ingest",
+               "--start", str(DAY), "--end", str(DAY)]
+
+    refused = subprocess.run(command, env=env, capture_output=True, text=True)
+    accepted = subprocess.run([*command, "--tag", f"{LOW_VOLUME_TAG}=true"], env=env, capture_output=True, text=True)
+
+    assert refused.returncode == 1
+    assert "FAILED STEP raw_events: raw_events rejected; nothing was published" in refused.stdout
+    assert "2026-07-01 has 0 event(s)" in refused.stdout
+    assert "Traceback" not in refused.stdout
+    assert accepted.returncode == 0 and "run succeeded" in accepted.stdout
