@@ -124,11 +124,18 @@ def _print_failed_steps(result: dg.ExecuteInProcessResult) -> None:
         print(f"FAILED STEP {event.step_key}: {message}")
 
 
+def _tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _cmd_materialize(args: argparse.Namespace) -> int:
     settings = get_settings()
     start = dt.date.fromisoformat(args.start) if args.start else settings.start_date
     end = dt.date.fromisoformat(args.end) if args.end else settings.history_end
-    tags = dict(tag.split("=", 1) for tag in args.tag if "=" in tag)
+    tags = dict(args.tag)
     print(f"materializing {args.select!r} for {start} .. {end} into {settings.data_dir}", flush=True)
     result = materialize_history(start, end, args.select, tags=tags)
     failed_checks = _print_failed_checks(result)
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("--start", help="first day (default: CHURNOPS_START_DATE)")
     materialize.add_argument("--end", help="last day (default: yesterday)")
     materialize.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        "--tag", action="append", default=[], metavar="KEY=VALUE", type=_tag,
         help=f"a run tag, repeatable (e.g. {LOW_VOLUME_TAG}=true to accept a low-volume delivery)",
     )
     materialize.set_defaults(func=_cmd_materialize)

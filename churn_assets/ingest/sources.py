@@ -37,7 +37,7 @@ class RawSource(dg.ConfigurableResource):
         """The users file as it is, or the synthetic users who have signed up by ``as_of``."""
         if self.mode == "files":
             paths = self._files("users")
-            _stage_files(con, table, _file_scan(paths), paths)
+            _read(con, f"CREATE OR REPLACE TEMP TABLE {table} AS {_file_scan(paths)}", paths)
             return
         users = synthetic.generate_users(self.n_users, self._start, self.history_days, self.seed, as_of)
         users["_source"] = "synthetic users"
@@ -61,7 +61,7 @@ class RawSource(dg.ConfigurableResource):
                 scan = f"SELECT * REPLACE ({_utc('event_ts')} AS event_ts) FROM ({scan})"
                 ts = "TRY_CAST(event_ts AS TIMESTAMP)"
                 where = f"WHERE {ts} IS NULL OR {ts} > now() OR ({ts} >= DATE '{start}' AND {ts} < DATE '{end}')"
-            _stage_files(con, table, f"SELECT * FROM ({scan}) {where}", paths)
+            _read(con, f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({scan}) {where}", paths)
             return
         pop = synthetic.population(self.n_users, self._start, self.history_days, self.seed, end - dt.timedelta(days=1))
         drift_from = dt.date.fromisoformat(self.drift_from) if self.drift_from else None
@@ -145,10 +145,6 @@ def _read(con: duckdb.DuckDBPyConnection, sql: str, paths: list[Path]) -> list[t
         return con.execute(sql).fetchall()
     except duckdb.Error as error:
         raise dg.Failure(description=_unreadable(error, paths), allow_retries=False) from error
-
-
-def _stage_files(con: duckdb.DuckDBPyConnection, table: str, select: str, paths: list[Path]) -> None:
-    _read(con, f"CREATE OR REPLACE TEMP TABLE {table} AS {select}", paths)
 
 
 def _unreadable(error: duckdb.Error, paths: list[Path]) -> str:

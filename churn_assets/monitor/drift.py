@@ -4,7 +4,8 @@ This PSI is the platform's authoritative drift number (the checks and the retrai
 bins are the reference's deciles (or its categories), fixed by the reference alone, so a day's
 value does not depend on the day's own data. ``psi`` is the reference implementation in pandas;
 ``psi_by_day`` counts every day's bins of a window in DuckDB in one scan, so the monitor stage
-never pulls a population into Python, only a few counts per column and day. Evidently's report uses its own binning
+never pulls a population into Python, only a few counts per column and day. Evidently's report
+uses its own binning
 (over reference and current combined) and is there to look at.
 """
 
@@ -40,7 +41,12 @@ def psi(reference: pd.Series, current: pd.Series) -> float:
         edges = _decile_edges(ref)
         expected = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1) / ref.size
         actual = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1) / cur.size
-    expected, actual = np.clip(expected, EPSILON, None), np.clip(actual, EPSILON, None)
+    return _psi(actual, expected)
+
+
+def _psi(actual, expected) -> float:
+    """The index from each bin's actual and expected share; an empty bin counts as EPSILON."""
+    actual, expected = np.clip(actual, EPSILON, None), np.clip(expected, EPSILON, None)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
@@ -78,9 +84,7 @@ def _bucket(b: ColumnBins) -> str:
 def _psi_of_counts(counts: dict, expected: dict) -> float:
     total = sum(counts.values())
     buckets = sorted(set(counts) | set(expected), key=str)
-    actual = np.clip([counts.get(k, 0) / total for k in buckets], EPSILON, None)
-    share = np.clip([expected.get(k, 0.0) for k in buckets], EPSILON, None)
-    return float(np.sum((actual - share) * np.log(actual / share)))
+    return _psi([counts.get(k, 0) / total for k in buckets], [expected.get(k, 0.0) for k in buckets])
 
 
 def psi_by_day(
