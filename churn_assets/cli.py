@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
 import os
 import sys
 import time
@@ -23,19 +25,35 @@ DRIFT_DEMO_SELECTION = "group:ingest or group:transform or group:score or group:
 """Everything that depends on the raw data except the model stages, which the retrain sensor drives."""
 
 
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+"""A command's run logs to the instance (the Dagster UI), not the terminal; its summary says what failed.
+
+dagster-dbt also echoes dbt's log to stdout; a command swallows that too (``_quiet_stdout``), as
+dbt keeps its own in ``dbt_project/logs/dbt.log``.
+"""
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
 def _run_in_process(
     selection: str | dg.AssetSelection, tags: dict, resources: dict | None, instance: dg.DagsterInstance | None
 ) -> dg.ExecuteInProcessResult:
     from churn_assets.definitions import defs
 
-    return dg.materialize(
-        list(defs.assets),
-        selection=selection,
-        resources=resources if resources is not None else defs.resources,
-        instance=instance or dg.DagsterInstance.get(),
-        tags=tags,
-        raise_on_error=False,
-    )
+    with _quiet_stdout():
+        return dg.materialize(
+            list(defs.assets),
+            selection=selection,
+            resources=resources if resources is not None else defs.resources,
+            instance=instance or dg.DagsterInstance.get(),
+            tags=tags,
+            run_config=QUIET_CONSOLE,
+            raise_on_error=False,
+        )
 
 
 def materialize_history(
@@ -63,7 +81,10 @@ def run_retrain(
         assets=list(defs.assets), jobs=[retrain_job], resources=resources if resources is not None else defs.resources
     ).resolve_job_def(retrain_job.name)
     tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: RETRAIN_SENSOR}
-    return job.execute_in_process(instance=instance or dg.DagsterInstance.get(), tags=tags, raise_on_error=False)
+    with _quiet_stdout():
+        return job.execute_in_process(
+            instance=instance or dg.DagsterInstance.get(), tags=tags, run_config=QUIET_CONSOLE, raise_on_error=False
+        )
 
 
 def gate_decision(instance: dg.DagsterInstance, run_id: str) -> dict | None:

@@ -74,6 +74,20 @@ class Platform:
         with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as con:
             return con.execute(sql).fetchall()
 
+    def content_hashes(self, *schemas: str) -> dict[str, tuple[int, int]]:
+        """Row count and an order-free hash of every row, per table of ``schemas``; load times are not content."""
+        listed = ", ".join(f"'{s}'" for s in schemas)
+        columns = self.query(
+            f"SELECT c.table_schema || '.' || c.table_name, list(c.column_name ORDER BY c.ordinal_position) "
+            f"FROM information_schema.columns AS c JOIN information_schema.tables AS t USING (table_schema, table_name) "
+            f"WHERE c.table_schema IN ({listed}) AND t.table_type = 'BASE TABLE' AND c.column_name <> '_loaded_at' "
+            f"GROUP BY 1 ORDER BY 1"
+        )
+        return {
+            table: self.query(f"SELECT count(*), sum(hash({', '.join(names)})::HUGEINT) FROM {table}")[0]
+            for table, names in columns
+        }
+
     def frame(self, sql: str):
         with duckdb.connect(str(self.settings.warehouse_path), read_only=True) as con:
             return con.execute(sql).df()

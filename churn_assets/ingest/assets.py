@@ -67,7 +67,8 @@ def _typed_select(columns: dict[str, str], staged: str) -> str:
     return f"SELECT {casts}, now()::TIMESTAMP AS _loaded_at FROM {staged}"
 
 
-def _ensure_tables(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_raw_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """The raw tables in their contract types, which dbt's sources read even before a first load."""
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")
     for table, columns in ((USERS_TABLE, USER_COLUMNS), (EVENTS_TABLE, EVENT_COLUMNS)):
         ddl = ", ".join(f"{c} {t}" for c, t in columns.items())
@@ -106,7 +107,7 @@ def raw_users(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_sourc
         outcomes = check_batch(con, "staged_users", user_rules(dt.date.today()))
         yield from _check_results(outcomes)
         _raise_if_failed("raw_users", outcomes)
-        _ensure_tables(con)
+        ensure_raw_tables(con)
         con.execute("BEGIN TRANSACTION")
         con.execute(f"DELETE FROM {USERS_TABLE}")
         con.execute(f"INSERT INTO {USERS_TABLE} {_typed_select(USER_COLUMNS, 'staged_users')}")
@@ -154,7 +155,7 @@ def raw_events(context: dg.AssetExecutionContext, warehouse: Warehouse, raw_sour
     start, end = window.start.date(), window.end.date()
     with warehouse.get_connection() as con:
         raw_source.stage_events(con, "staged_events", start, end)
-        _ensure_tables(con)
+        ensure_raw_tables(con)
         outcomes = check_batch(con, "staged_events", event_rules(dt.datetime.now(), (start, end)))
         outcomes.append(_volume(context, con, raw_source, start, end))
         yield from _check_results(outcomes)

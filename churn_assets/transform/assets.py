@@ -2,11 +2,13 @@
 
 dbt builds the daily models for the partition window (``--event-time-start``/``--event-time-end``,
 which ``macros/event_time_window.sql`` reads), one statement per model for the whole window, and
-the rest whole, so the two live in separate ``@dbt_assets``. dbt tests become asset checks; error-severity ones are blocking. After dbt exits,
-each model's materialization gets its row count and date range from the warehouse, read when dbt
-no longer holds the file.
+the rest whole, so the two live in separate ``@dbt_assets``. dbt tests become asset checks;
+error-severity ones are blocking, and a failing one undoes its invocation (``last_good``). After
+dbt exits, each model's materialization gets its row count and date range from the warehouse,
+read when dbt no longer holds the file.
 """
 
+import datetime as dt
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -17,9 +19,12 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtC
 from churn_assets.automation import CHECK_WITH_ITS_MODEL
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
+from churn_assets.transform import last_good
 from churn_assets.transform.project import dbt_project
 
 DAILY_MODELS = "stg_events int_user_daily_activity fct_user_features"
+# dbt unit tests check the SQL, not the night's data: CI runs them (tests/data/test_dbt_unit_tests.py).
+BUILD = ["build", "--exclude-resource-type", "unit_test"]
 DATE_COLUMNS = {
     "int_user_daily_activity": "activity_date",
     "fct_user_features": "snapshot_date",
@@ -48,23 +53,63 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
             return None
         daily = spec.asset_key.path[-1] in DAILY_MODELS.split()
         return spec._replace(
-            automation_condition=CHECK_WITH_ITS_MODEL, partitions_def=daily_partitions if daily else None
+            automation_condition=CHECK_WITH_ITS_MODEL,
+            partitions_def=daily_partitions if daily else None,
+            description=spec.description or _test_description(manifest["nodes"][unique_id]),
         )
+
+
+def _test_description(test: Mapping[str, Any]) -> str:
+    """The test's own dbt ``description``, else what it asserts: a check in the UI is never blank."""
+    if test.get("description"):
+        return test["description"]
+    metadata = test.get("test_metadata") or {}
+    kwargs = metadata.get("kwargs", {})
+    arguments = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("model", "column_name"))
+    subject = f"column {kwargs['column_name']}" if kwargs.get("column_name") else "the model"
+    return f"dbt test {metadata.get('name', test['name'])}({arguments}) on {subject}"
 
 
 translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
 
 
-def _build(dbt: DbtCliResource, args: list[str], context: dg.AssetExecutionContext, warehouse: Warehouse) -> Iterator:
-    """One dbt invocation, its events with table stats; a successful one leaves no target folder.
+def _build(
+    dbt: DbtCliResource,
+    args: list[str],
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    window: tuple[dt.date, dt.date] | None = None,
+) -> Iterator:
+    """One all-or-nothing dbt invocation, its events with table stats.
 
-    dagster-dbt gives each invocation its own folder under dbt_project/target (about 3 MB), which a
-    daemon running every night would pile up. A failed invocation keeps its folder, compiled SQL
-    included, to be looked at.
+    A failed invocation (an error-severity test, a model that does not compile) puts back the
+    rows it replaced (``last_good``), reports its test results and fails the step, so nothing
+    downstream runs on rows that never passed their tests. It keeps its target folder, compiled
+    SQL included, to be looked at; a successful one removes it, because dagster-dbt gives each
+    invocation its own (about 3 MB) and a daemon running every night would pile them up.
     """
-    invocation = dbt.cli(args, context=context)
-    yield from _with_table_stats(invocation.stream(), warehouse)
-    shutil.rmtree(invocation.target_path, ignore_errors=True)
+    models = [key.path[-1] for key in context.selected_asset_keys]
+    with warehouse.get_connection() as con:
+        kept = last_good.keep(con, models, DATE_COLUMNS, window)
+    invocation = dbt.cli(args, context=context, raise_on_error=False)
+    events = list(invocation.stream())
+    if invocation.is_successful():
+        with warehouse.get_connection() as con:
+            last_good.discard(con)
+        yield from _with_table_stats(events, warehouse)
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
+        return
+    with warehouse.get_connection() as con:
+        restored = last_good.restore(con, kept)
+    checks = [e for e in events if isinstance(e, dg.AssetCheckResult | dg.AssetCheckEvaluation)]
+    yield from checks
+    failed = [f"- {c.check_name} on {c.asset_key.path[-1]}: {c.description or 'failed'}" for c in checks if not c.passed]
+    raise dg.Failure(
+        description="dbt build failed; the tables it replaced hold their rows from before this run "
+        f"({', '.join(restored) or 'nothing was replaced'}).\n" + "\n".join(failed or [str(invocation.get_error())]),
+        metadata={"dbt_target": dg.MetadataValue.path(str(invocation.target_path))},
+        allow_retries=False,
+    )
 
 
 def _with_table_stats(events: Iterator, warehouse: Warehouse) -> Iterator:
@@ -103,9 +148,9 @@ def _table_stats(con, model: str) -> dict[str, Any]:
 )
 def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Daily aggregates and features for the partition window being run."""
-    window = context.partition_time_window
-    window_flags = ["--event-time-start", window.start.date().isoformat(), "--event-time-end", window.end.date().isoformat()]
-    yield from _build(dbt, ["build", *window_flags], context, warehouse)
+    window = context.partition_time_window.start.date(), context.partition_time_window.end.date()
+    window_flags = ["--event-time-start", window[0].isoformat(), "--event-time-end", window[1].isoformat()]
+    yield from _build(dbt, [*BUILD, *window_flags], context, warehouse, window)
 
 
 @dbt_assets(
@@ -117,4 +162,4 @@ def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, war
 )
 def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
     """Staging views and the labels, which always cover the whole history."""
-    yield from _build(dbt, ["build"], context, warehouse)
+    yield from _build(dbt, BUILD, context, warehouse)

@@ -12,7 +12,9 @@
 
     Rolling sums are window frames over each user's days, so each activity day is read once, not
     once per snapshot it falls in. A user has a row on each day of their *spans*: from an active
-    day to 29 days after the last active day of a run of active days less than 31 days apart.
+    day to 29 days after the last active day of a run of active days less than 31 days apart, on
+    the days that have events at all: a day delivered empty has no snapshot, so raw events,
+    activity and features always describe the same days.
     DuckDB spills the frames' sort to disk beyond its memory_limit, so memory stays bounded
     however long the window.
 -#}
@@ -62,10 +64,15 @@ spans as (
     group by user_id, span_number
 ),
 
-snapshots as (
+span_days as (
     select user_id, cast(unnest(range(span_start, span_end + 1, interval 1 day)) as date) as snapshot_date
     from spans
     where span_start <= span_end
+),
+
+snapshots as (
+    select * from span_days
+    where snapshot_date in (select activity_date from activity)
 ),
 
 user_days as (
