@@ -49,6 +49,13 @@ def test_every_asset_has_a_description(graph):
     assert not missing
 
 
+def test_every_check_says_what_it_asserts(graph):
+    checks = {key: graph.get_check_spec(key) for key in graph.asset_check_keys}
+    assert not [key.name for key, spec in checks.items() if not spec.description]
+    tenure = next(spec for key, spec in checks.items() if key.name.startswith("accepted_range_fct_user_features_tenure_days"))
+    assert tenure.description == "dbt test accepted_range(min_value=0) on column tenure_days"
+
+
 def test_lineage_runs_from_raw_events_to_labels(graph):
     upstream = graph.get(dg.AssetKey(["marts", "fct_churn_labels"])).parent_keys
     assert dg.AssetKey(["marts", "fct_user_features"]) in upstream
