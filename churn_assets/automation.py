@@ -32,7 +32,6 @@ from churn_assets.settings import get_settings
 
 RAW_LOAD_CRON = "0 1 * * *"
 WEEKLY_RETRAIN_CRON = "0 3 * * 1"
-MODEL_GROUPS = {"train", "serve"}
 
 DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(warn_window=dt.timedelta(hours=26), fail_window=dt.timedelta(hours=50))
 MODEL_FRESHNESS = dg.FreshnessPolicy.time_window(warn_window=dt.timedelta(days=7), fail_window=dt.timedelta(days=8))
@@ -59,7 +58,8 @@ RETRAIN_DUE = dg.AutomationCondition.on_cron(WEEKLY_RETRAIN_CRON) | (
 RETRAIN_SENSOR = "retrain_on_failed_checks"
 MAX_REASON_CHARS = 500
 
-RETRAIN_SELECTION = dg.AssetSelection.assets("training_set", "churn_model", "production_model", "bento_model")
+RETRAIN_ASSETS = ("training_set", "churn_model", "production_model", "bento_model")
+RETRAIN_SELECTION = dg.AssetSelection.assets(*RETRAIN_ASSETS)
 retrain_job = dg.define_asset_job(
     "retrain", selection=RETRAIN_SELECTION, description="Training set → candidates → promotion gate → BentoML export."
 )
@@ -81,7 +81,8 @@ def _condition(spec: dg.AssetSpec) -> dg.AutomationCondition:
 
 
 def _with_policies(spec: dg.AssetSpec) -> dg.AssetSpec:
-    freshness = MODEL_FRESHNESS if spec.group_name in MODEL_GROUPS else DAILY_FRESHNESS
+    """What the retrain job builds is fresh for a week; everything else, online features included, for a day."""
+    freshness = MODEL_FRESHNESS if spec.key.path[-1] in RETRAIN_ASSETS else DAILY_FRESHNESS
     return spec.replace_attributes(freshness_policy=freshness, automation_condition=_condition(spec))
 
 

@@ -2,8 +2,8 @@
 
 The ordered feature columns the model is trained on, read from ``fct_user_features``, and the
 pydantic record the service validates requests against are both defined here, so they cannot
-drift apart. Deliberately free of heavy imports: the BentoML service imports this module
-without Dagster, dbt or the warehouse.
+drift apart. It imports nothing from the rest of the package, so the built Bento carries it
+alone, without Dagster, dbt or the warehouse.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from churn_assets.ingest.schema import PLANS
+PLANS = ("free", "pro", "team")
+"""Subscription plans: the raw-data contract's and the model's only categorical values."""
 
 COUNT_FEATURES: dict[str, int] = {
     "active_days_7d": 7,

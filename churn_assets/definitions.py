@@ -8,6 +8,7 @@ from churn_assets.monitor.assets import drift_report, feature_drift, model_perfo
 from churn_assets.resources import build_resources
 from churn_assets.score.assets import churn_scores, high_risk_users
 from churn_assets.serve.assets import bento_model
+from churn_assets.serve.online import online_features
 from churn_assets.settings import get_settings
 from churn_assets.train.assets import churn_model, production_model, training_set
 from churn_assets.transform.assets import dbt_daily_models, dbt_models
@@ -23,6 +24,7 @@ STAGES = [
     churn_scores,
     high_risk_users,
     bento_model,
+    online_features,
     feature_drift,
     drift_report,
     model_performance,

@@ -75,6 +75,7 @@ class Settings:
     duckdb_memory_limit: str = "4GB"
     duckdb_threads: int = 2
     min_delivery_ratio: float = 0.2
+    service_poll_seconds: float = 2.0
     warehouse_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +118,7 @@ class Settings:
             duckdb_memory_limit=_env("CHURNOPS_DUCKDB_MEMORY_LIMIT", "4GB"),
             duckdb_threads=int(_env("CHURNOPS_DUCKDB_THREADS", "2")),
             min_delivery_ratio=float(_env("CHURNOPS_MIN_DELIVERY_RATIO", "0.2")),
+            service_poll_seconds=float(_env("CHURNOPS_SERVICE_POLL_SECONDS", "2")),
         )
 
     @property
@@ -153,6 +155,11 @@ class Settings:
     @property
     def training_dir(self) -> Path:
         return self.data_dir / "training"
+
+    @property
+    def online_features_path(self) -> Path:
+        """The serving snapshot ``online_features`` publishes and the service reads (never the warehouse)."""
+        return self.data_dir / "online" / "features.parquet"
 
     @property
     def reports_dir(self) -> Path:

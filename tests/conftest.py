@@ -21,6 +21,10 @@ os.environ.setdefault("CHURNOPS_START_DATE", "2026-07-01")
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="churnops-tests-"))
 os.environ["CHURNOPS_DATA_DIR"] = str(_SESSION_DIR / "default")
 os.environ["BENTOML_HOME"] = str(_SESSION_DIR / "bentoml")
+# The session's own temp dir, so a spec that no temp files are left sees this session's only.
+(_SESSION_DIR / "tmp").mkdir()
+os.environ["TMPDIR"] = str(_SESSION_DIR / "tmp")
+tempfile.tempdir = None
 os.environ.pop("CHURNOPS_WAREHOUSE", None)
 
 import dagster as dg  # noqa: E402

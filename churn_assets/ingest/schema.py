@@ -6,6 +6,7 @@ The synthetic generator, the user-file reader, the validation checks and
 
 from __future__ import annotations
 
+
 RAW_SCHEMA = "raw"
 USERS_TABLE = f"{RAW_SCHEMA}.users"
 EVENTS_TABLE = f"{RAW_SCHEMA}.events"
@@ -28,7 +29,6 @@ EVENT_COLUMNS: dict[str, str] = {
 }
 EVENT_KEYS = ("event_id", "user_id", "event_type", "event_ts")
 
-PLANS = ("free", "pro", "team")
 CHANNELS = ("organic", "paid_search", "social", "referral", "partner")
 COUNTRIES = ("US", "IN", "GB", "DE", "BR", "NG", "CA", "FR", "ES", "PK")
 ENGAGEMENT_EVENTS = ("login", "lesson_view", "quiz_attempt", "video_minutes", "support_ticket")

@@ -27,7 +27,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from churn_assets.ingest.schema import CHANNELS, COUNTRIES, PLAN_PRICE_USD, PLANS
+from churn_assets.contract import PLANS
+from churn_assets.ingest.schema import CHANNELS, COUNTRIES, PLAN_PRICE_USD
 
 SIGNUP_LEAD_DAYS = 180
 """Users sign up from this many days before the history start until its end."""

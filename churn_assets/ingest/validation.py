@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from churn_assets.contract import PLANS
 from churn_assets.ingest.schema import (
     EVENT_COLUMNS,
     EVENT_KEYS,
@@ -20,7 +21,6 @@ from churn_assets.ingest.schema import (
     EVENTS_TABLE,
     MAX_PAYMENT_USD,
     MAX_VIDEO_MINUTES_PER_EVENT,
-    PLANS,
     USER_COLUMNS,
     USER_KEYS,
     USERS_TABLE,

@@ -2,26 +2,30 @@
 
 The export carries what the service needs and nothing it would have to fetch: the sklearn
 pipeline and its ONNX compilation (what the service runs, see ``serve/onnx.py``), the feature
-order it expects, the MLflow version it came from (as a label, so the
-service reports it), and the latest feature snapshot per user for ``/predict_user``, so the
-service never opens the warehouse the pipeline writes to.
+order it expects, the MLflow version and run it came from, when it was trained, its holdout
+metrics, and the risk-tier thresholds, so the service tiers a probability exactly as batch
+scoring does. A running service swaps to a new export by itself. ``/predict_user``'s features
+come from ``online_features``, which changes daily, not with the model.
 """
+
+import datetime as dt
 
 import dagster as dg
 import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.resources import Warehouse
+from churn_assets.settings import get_settings
 from churn_assets.serve.onnx import ONNX_INPUTS, ONNX_TOLERANCE, onnx_disagreement
 from churn_assets.train.assets import production_model
 from churn_assets.train.registry import ModelRegistry
 
 MLFLOW_VERSION_LABEL = "mlflow_version"
-SNAPSHOT_OBJECT = "latest_features"
 ONNX_OBJECT = "onnx_model"
 
 
 def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
+    """Real rows to check the ONNX compilation against the sklearn pipeline on."""
     with warehouse.get_connection() as con:
         frame = con.execute(
             f"SELECT user_id, snapshot_date, {', '.join(FEATURE_COLUMNS)} FROM marts.fct_user_features "
@@ -37,7 +41,8 @@ def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
     pool="duckdb",
     kinds={"bentoml", "scikitlearn"},
     description="The champion model in the BentoML store (BENTOML_HOME) with its MLflow version, "
-    "metrics, feature order, dbt manifest hash and the latest feature snapshot; bento/service.py serves it.",
+    "metrics, feature order, risk-tier thresholds and dbt manifest hash; bento/service.py serves it and swaps to "
+    "each new export by itself.",
 )
 def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, warehouse: Warehouse) -> dg.MaterializeResult:
     import bentoml
@@ -46,17 +51,21 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
     if champion is None:
         raise dg.Failure(description=f"{registry.model_name} has no champion yet: materialize production_model first")
     version = str(champion.version)
+    settings = get_settings()
+    thresholds = {"medium": settings.medium_risk_threshold, "high": settings.high_risk_threshold}
     try:
         current = bentoml.models.get(f"{registry.model_name}:latest")
     except bentoml.exceptions.NotFound:
         current = None
     # The run id, unique across MLflow stores, tells two platforms sharing one BentoML store apart;
-    # an export whose ONNX inputs the service no longer feeds is compiled again.
+    # an export whose ONNX inputs the service no longer feeds, or whose tiers batch scoring no
+    # longer uses, is made again.
     if (
         current is not None
         and current.info.labels.get(MLFLOW_VERSION_LABEL) == version
         and current.info.metadata.get("mlflow_run_id") == champion.tags.get("run_id", "")
         and current.info.metadata.get("onnx_inputs") == list(ONNX_INPUTS)
+        and current.info.metadata.get("risk_thresholds") == thresholds
     ):
         context.log.info(f"{current.tag} already holds champion version {version}; nothing to export")
         return dg.MaterializeResult(
@@ -87,16 +96,16 @@ def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, ware
             "onnx_inputs": list(ONNX_INPUTS),
             "dbt_manifest_sha256": tags.get("dbt_manifest_sha256", ""),
             "git_commit": tags.get("git_commit", ""),
-            "snapshot_date": str(snapshot["snapshot_date"].max()) if len(snapshot) else "",
+            "trained_at": dt.datetime.fromtimestamp(champion.creation_timestamp / 1000, dt.UTC).isoformat(),
+            "risk_thresholds": thresholds,
         },
-        custom_objects={SNAPSHOT_OBJECT: snapshot, ONNX_OBJECT: onnx_model},
+        custom_objects={ONNX_OBJECT: onnx_model},
     )
     return dg.MaterializeResult(
         metadata={
             "bento_model": str(saved.tag),
             "mlflow_version": int(version),
             "exported": True,
-            "snapshot_users": len(snapshot),
             "onnx_max_abs_difference": disagreement,
             "path": dg.MetadataValue.path(saved.path),
         }

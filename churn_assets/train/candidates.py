@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from churn_assets.contract import CATEGORICAL_FEATURES, FEATURE_COLUMNS, NUMERIC_FEATURES
-from churn_assets.ingest.schema import PLANS
+from churn_assets.contract import PLANS
 
 
 def logistic_regression(seed: int) -> Pipeline:

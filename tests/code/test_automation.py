@@ -144,7 +144,7 @@ def test_a_new_raw_partition_refreshes_the_dbt_models_scores_and_monitoring_down
         name: [YESTERDAY]
         for name in ("stg_events", "int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report")
     }, "one run for the day's whole chain"
-    assert second == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None]}
+    assert second == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None], "online_features": [None]}
     assert automation.tick_and_run() == {}
 
 
@@ -161,7 +161,7 @@ def test_a_night_waits_for_the_cron_then_loads_users_then_the_days_events_and_th
             "raw_events", "stg_events", "int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report"
         )
     }, "then the day's events and their whole chain, as one run"
-    assert automation.tick_and_run() == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None]}
+    assert automation.tick_and_run() == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None], "online_features": [None]}
     assert automation.tick_and_run() == {}
 
 

@@ -12,7 +12,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from churn_assets.ingest.schema import EVENT_TYPES, PLANS
+from churn_assets.contract import PLANS
+from churn_assets.ingest.schema import EVENT_TYPES
 from churn_assets.settings import DBT_PROJECT_DIR, PROJECT_ROOT
 
 EXPECTED_GROUPS = {

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from churn_assets.contract import AMOUNT_FEATURES, COUNT_FEATURES, FEATURE_COLUMNS, risk_tiers
-from churn_assets.ingest.schema import PLANS
+from churn_assets.contract import PLANS
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, compile_pipeline, feeds, input_names, load_session
 from churn_assets.train.candidates import gradient_boosting, logistic_regression
 

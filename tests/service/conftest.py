@@ -15,6 +15,7 @@ import pytest
 from churn_assets.settings import PROJECT_ROOT
 
 READY_TIMEOUT_S = 90
+POLL_S = 1
 
 
 def _free_port() -> int:
@@ -24,9 +25,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_service(model_tag: str) -> Iterator[httpx.Client]:
+def running_service(model_tag: str, data_dir: Path) -> Iterator[httpx.Client]:
+    """``data_dir`` is the platform whose online features the service answers /predict_user from."""
     port = _free_port()
-    env = {**os.environ, "CHURNOPS_BENTO_MODEL": model_tag, "CHURNOPS_SERVICE_WORKERS": "1"}
+    env = {
+        **os.environ, "CHURNOPS_BENTO_MODEL": model_tag, "CHURNOPS_SERVICE_WORKERS": "1",
+        "CHURNOPS_DATA_DIR": str(data_dir), "CHURNOPS_SERVICE_POLL_SECONDS": str(POLL_S),
+    }
     log = open(Path(os.environ["BENTOML_HOME"]).parent / f"service-{port}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("bentoml")), "serve", "bento.service:ChurnService", "--port", str(port)],
@@ -70,8 +75,8 @@ def exported(small_graph):
 
 @pytest.fixture(scope="module")
 def service(exported):
-    _, tag = exported
-    with running_service(tag) as client:
+    platform, tag = exported
+    with running_service(tag, platform.data_dir) as client:
         yield client
 
 

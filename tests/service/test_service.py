@@ -1,7 +1,15 @@
 """The churn service over HTTP: the champion's answers, strict about input, observable."""
 
+import datetime as dt
 import json
 import math
+import os
+import re
+import threading
+import time
+
+import duckdb
+import httpx
 
 import bentoml
 import dagster as dg
@@ -15,6 +23,7 @@ from churn_assets.serve.onnx import ONNX_INPUTS
 from churn_assets.settings import MAX_BATCH_RECORDS, MODEL_NAME
 from churn_assets.train.assets import read_split
 from churn_assets.train.candidates import logistic_regression
+from tests.conftest import SMALL_GRAPH_DAYS
 
 pytestmark = pytest.mark.slow
 
@@ -149,23 +158,119 @@ def test_answers_arrive_whole_with_their_length_not_chunked(service, latest_feat
     assert "transfer-encoding" not in response.headers
 
 
-def test_a_new_champion_reexported_is_what_a_new_service_serves(exported, latest_features, register_model, start_service):
+SWAP_WITHIN_S = 10
+"""A new export or snapshot is served within this long: one poll (1 s here) plus loading it."""
+
+
+def _wait_for(condition, timeout_s: float = SWAP_WITHIN_S) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout_s, f"not within {timeout_s}s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+class _Traffic(threading.Thread):
+    """A client sending /predict all through a swap, recording every answer."""
+
+    def __init__(self, base_url: str, body: dict):
+        super().__init__(daemon=True)
+        self.base_url, self.body = base_url, body
+        self.stop, self.errors, self.versions = threading.Event(), [], []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+            while not self.stop.is_set():
+                try:
+                    response = client.post("/predict", json=self.body)
+                except httpx.HTTPError as error:
+                    self.errors.append(repr(error))
+                    continue
+                if response.status_code != 200:
+                    self.errors.append(f"{response.status_code}: {response.text}")
+                else:
+                    self.versions.append(response.json()["model_version"])
+
+
+def test_a_promoted_and_a_rolled_back_champion_are_served_without_a_restart(
+    exported, latest_features, register_model, start_service
+):
     platform, _ = exported
     registry = platform.resources["registry"]
     previous = int(registry.champion().version)
     train = read_split("train")
     newer = register_model(registry, logistic_regression(7).fit(train[list(FEATURE_COLUMNS)], train[LABEL_COLUMN]))
-    registry.promote(newer)
+    body = {"features": _valid(latest_features)}
+    with start_service(f"{MODEL_NAME}:latest", platform.data_dir) as client:
+        served = lambda version: lambda: client.post("/predict", json=body).json()["model_version"] == version  # noqa: E731
+        traffic = _Traffic(str(client.base_url), body)
+        traffic.start()
+        try:
+            registry.promote(newer)
+            dg.materialize([bento_model], resources=platform.resources)
+            promoted_in = _wait_for(served(newer))
+            registry.promote(previous)
+            dg.materialize([bento_model], resources=platform.resources)
+            rolled_back_in = _wait_for(served(previous))
+        finally:
+            traffic.stop.set()
+            traffic.join()
+            registry.promote(previous)
+            dg.materialize([bento_model], resources=platform.resources)
+        info = client.get("/model").json()
+
+    assert traffic.errors == [], f"{len(traffic.errors)} failed of {len(traffic.versions)}"
+    assert set(traffic.versions) == {previous, newer} and len(traffic.versions) > 50
+    assert max(promoted_in, rolled_back_in) < SWAP_WITHIN_S
+    assert info["model_version"] == previous
+
+
+def test_model_info_says_what_is_served_and_how_fresh(service, exported, champion):
+    platform, tag = exported
+    version, _ = champion
+    info = service.get("/model").json()
+
+    assert info["status"] == "ok" and info["degraded_because"] == []
+    assert (info["model_version"], info["bento_model"]) == (version, tag)
+    assert info["mlflow_run_id"] == platform.resources["registry"].champion().tags["run_id"]
+    assert 0.5 < info["holdout_metrics"]["roc_auc"] <= 1
+    assert info["risk_thresholds"] == {"medium": 0.3, "high": 0.6}
+    assert 0 <= info["model_age_seconds"] < 3600
+    assert info["feature_snapshot_date"] == str(SMALL_GRAPH_DAYS[1])
+    assert info["feature_snapshot_users"] == platform.query(
+        f"SELECT count(*) FROM marts.fct_user_features WHERE snapshot_date = DATE '{SMALL_GRAPH_DAYS[1]}'"
+    )[0][0]
+    metrics = service.get("/metrics").text
+    assert re.search(r"^churn_model_age_seconds(\{[^}]*\})? [0-9.e+]+$", metrics, re.M)
+    assert re.search(r"^churn_feature_snapshot_age_seconds(\{[^}]*\})? [0-9.e+]+$", metrics, re.M)
+
+
+def test_a_new_feature_snapshot_is_answered_from_and_an_old_one_is_reported_degraded(service, exported, latest_features):
+    platform, _ = exported
+    path = platform.settings.online_features_path
+    original = path.read_bytes()
+    user = int(latest_features.user_id.iloc[0])
+    next_day = SMALL_GRAPH_DAYS[1] + dt.timedelta(days=1)
+    staged = path.with_name("next.parquet")
     try:
-        exported_again = dg.materialize([bento_model], resources=platform.resources)
-        metadata = exported_again.asset_materializations_for_node("bento_model")[0].metadata
-        assert metadata["exported"].value is True and metadata["mlflow_version"].value == newer
-        with start_service(f"{MODEL_NAME}:latest") as client:
-            answer = client.post("/predict", json={"features": _valid(latest_features)}).json()
-        assert answer["model_version"] == newer
+        with duckdb.connect() as con:
+            con.execute(
+                f"COPY (SELECT * REPLACE (DATE '{next_day}' AS snapshot_date) FROM read_parquet('{path}')) TO '{staged}'"
+            )
+        staged.replace(path)
+        _wait_for(lambda: service.post("/predict_user", json={"user_id": user}).json()["snapshot_date"] == str(next_day))
+
+        three_days_ago = time.time() - 3 * 24 * 3600
+        os.utime(path, (three_days_ago, three_days_ago))
+        _wait_for(lambda: service.get("/model").json()["status"] == "degraded")
+        info = service.get("/model").json()
+        assert info["degraded_because"] == ["the feature snapshot was published over 50 h ago"]
+        assert info["feature_snapshot_age_seconds"] >= 3 * 24 * 3600
+        assert service.get("/readyz").status_code == 200, "a stale snapshot still serves"
     finally:
-        registry.promote(previous)
-        dg.materialize([bento_model], resources=platform.resources)
+        staged.write_bytes(original)
+        staged.replace(path)
+    _wait_for(lambda: service.get("/model").json()["status"] == "ok")
 
 
 def test_an_export_in_an_older_onnx_layout_is_compiled_again(exported):
