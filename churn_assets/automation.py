@@ -51,6 +51,15 @@ FOLLOW_CHAMPION = FOLLOW_UPSTREAM.replace(
 )
 CHECK_WITH_ITS_MODEL = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
 """dbt tests are checks a run may leave out: they are requested whenever their model is."""
+WITH_THE_TRAINING_SET = dg.AutomationCondition.any_deps_match(
+    dg.AutomationCondition.will_be_requested()
+) & ~dg.AutomationCondition.in_progress()
+"""The model stages run in the tick their training set is due, never later on their own.
+
+The retrain job updates training_set, churn_model and production_model in one run. An eager
+condition armed by the new training set while that run was still going stayed armed (the daemon
+never saw the run's own churn_model as handling it) and trained and gated a second time after it.
+"""
 RETRAIN_DUE = dg.AutomationCondition.on_cron(WEEKLY_RETRAIN_CRON) | (
     dg.AutomationCondition.freshness_warned().newly_true() & ~dg.AutomationCondition.in_progress()
 )
@@ -75,6 +84,8 @@ def _condition(spec: dg.AssetSpec) -> dg.AutomationCondition:
         return dg.AutomationCondition.on_cron(RAW_LOAD_CRON)
     if spec.key == dg.AssetKey("training_set"):
         return RETRAIN_DUE
+    if spec.key.path[-1] in ("churn_model", "production_model"):
+        return WITH_THE_TRAINING_SET
     if any(dep.asset_key == CHAMPION_KEY for dep in spec.deps):
         return FOLLOW_CHAMPION
     return FOLLOW_UPSTREAM

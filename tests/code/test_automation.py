@@ -184,6 +184,14 @@ def test_the_model_is_not_retrained_just_because_new_data_arrived(automation):
     assert not requested & {"training_set", "churn_model", "production_model", "bento_model"}
 
 
+def test_a_training_set_built_by_a_retrain_run_trains_nothing_more_afterwards(automation):
+    automation.instance.report_runless_asset_event(dg.AssetMaterialization("training_set"))
+    requested = set()
+    for _ in range(3):
+        requested |= set(automation.tick_and_run())
+    assert not requested & {"churn_model", "production_model"}
+
+
 def test_a_kept_champion_changes_nothing_downstream_and_a_new_one_rescores_the_latest_day(automation):
     def gate(champion: str) -> None:
         automation.instance.report_runless_asset_event(
