@@ -202,7 +202,9 @@ def test_a_promoted_and_a_rolled_back_champion_are_served_without_a_restart(
     newer = register_model(registry, logistic_regression(7).fit(train[list(FEATURE_COLUMNS)], train[LABEL_COLUMN]))
     body = {"features": _valid(latest_features)}
     with start_service(f"{MODEL_NAME}:latest", platform.data_dir) as client:
-        served = lambda version: lambda: client.post("/predict", json=body).json()["model_version"] == version  # noqa: E731
+        def served(version: int):
+            return lambda: client.post("/predict", json=body).json()["model_version"] == version
+
         traffic = _Traffic(str(client.base_url), body)
         traffic.start()
         try:
