@@ -73,7 +73,7 @@ serve:  ## serve the champion over HTTP on $(HOST):$(SERVICE_PORT) (after the gr
 	$(RUN) bentoml serve bento.service:ChurnService --host $(HOST) --port $(SERVICE_PORT)
 
 bento:  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_service:latest` needs Docker
-	$(RUN) bentoml build -f bento/bentofile.yaml .
+	PATH="$(dir $(UV)):$$PATH" $(RUN) bentoml build -f bento/bentofile.yaml .
 
 mlflow-ui:  ## the MLflow UI on $(HOST):$(MLFLOW_PORT), on the platform's tracking store
 	$(RUN) mlflow ui --backend-store-uri $(or $(CHURNOPS_MLFLOW_TRACKING_URI),sqlite:///$(CHURNOPS_DATA_DIR)/mlflow/mlflow.db) \

@@ -36,16 +36,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
-import pydantic
-from bentoml.exceptions import BentoMLException, NotFound, ServiceUnavailable
-from pydantic import BaseModel, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from churn_assets.contract import FEATURE_COLUMNS, RISK_TIERS, FeatureRecord, risk_tiers
+from bento.surface import GuardedService, RejectedRequestsAsWarnings, error_response, printable
+from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, risk_tiers
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, feeds, input_names, load_session
-from churn_assets.settings import MAX_BATCH_RECORDS, MODEL_NAME, SERVICE_PORT, get_settings
+from churn_assets.settings import MODEL_NAME, SERVICE_PORT, get_settings
 
 MODEL_TAG = os.environ.get("CHURNOPS_BENTO_MODEL", f"{MODEL_NAME}:latest")
 WORKERS = int(os.environ.get("CHURNOPS_SERVICE_WORKERS", "2"))
@@ -67,24 +66,23 @@ class UserPrediction(Prediction):
     snapshot_date: str
 
 
-class _RejectedRequestsAsWarnings(logging.Filter):
-    """BentoML logs every rejected request at ERROR with a traceback; bad client input is no server error."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, pydantic.ValidationError):
-            reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        elif isinstance(error, BentoMLException) and error.error_code < 500:
-            reason = str(error)
-        else:
-            return True
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.msg, record.args = f"Rejected request on %s: {reason}", (record.args or ("?",))[:1]
-        record.exc_info, record.exc_text = None, None
-        return True
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_RejectedRequestsAsWarnings())
+class PredictRequest(_Request):
+    features: FeatureRecord  # type: ignore[valid-type]
+
+
+class BatchRequest(_Request):
+    records: Annotated[list[FeatureRecord], Field(min_length=1, max_length=MAX_BATCH_RECORDS)]  # type: ignore[valid-type]
+
+
+class UserRequest(_Request):
+    user_id: Annotated[int, Field(ge=1, strict=True)]
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(RejectedRequestsAsWarnings())
 logger = logging.getLogger("bentoml.churn_service")
 
 predictions_total = bentoml.metrics.Counter(
@@ -189,7 +187,12 @@ async def _model_info(request) -> Response:
 
 @bentoml.asgi_app(Starlette(routes=[Route("/model", _model_info, methods=["GET"])]), path="/")
 @bentoml.service(
+    service_class=GuardedService,
     name="churn_service",
+    description=(
+        "Churn probability and risk tier for TechITFactory users, from the production model "
+        "(churnops). `GET /model` says which model and feature snapshot are served and how fresh they are."
+    ),
     workers=WORKERS,
     traffic={"timeout": 10},
     http={"host": "127.0.0.1", "port": SERVICE_PORT},
@@ -220,7 +223,7 @@ class ChurnService:
                     text = f"{refresh.__name__}: {error}"
                     if text not in failed:
                         failed.add(text)
-                        logger.error("Keeping what is served; %s", _printable(text))
+                        logger.error("Keeping what is served; %s", printable(text))
                     continue
                 if swapped:
                     gc.freeze()
@@ -283,33 +286,29 @@ class ChurnService:
 
     # The APIs are async: each costs well under a millisecond of CPU, less than a hop to a thread.
     # Each reads self.model (and self.features) once, so a swap never splits a request.
-    @bentoml.api(output_spec=Prediction)
+    @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     async def predict(self, features: FeatureRecord) -> Response:  # type: ignore[valid-type]
         """Churn probability, risk tier and model version for one user's feature record."""
         return _json(self._score(self.model, [features.__dict__])[0])
 
-    @bentoml.api(output_spec=Predictions)
-    async def predict_batch(
-        self,
-        records: Annotated[list[FeatureRecord], Field(min_length=1, max_length=MAX_BATCH_RECORDS)],  # type: ignore[valid-type]
-    ) -> Response:
+    @bentoml.api(input_spec=BatchRequest, output_spec=Predictions)
+    async def predict_batch(self, records: list[FeatureRecord]) -> Response:  # type: ignore[valid-type]
         """The same for up to MAX_BATCH_RECORDS records, in request order."""
         return _json(self._score(self.model, [r.__dict__ for r in records]))
 
-    @bentoml.api(output_spec=UserPrediction)
-    async def predict_user(self, user_id: Annotated[int, Field(gt=0)]) -> Response:
+    @bentoml.api(input_spec=UserRequest, output_spec=UserPrediction)
+    async def predict_user(self, user_id: int) -> Response:
         """Score a user from the newest published feature snapshot; 404 if they are not in it."""
         model, snapshot = self.model, self.features
         if snapshot is None:
-            raise ServiceUnavailable("no feature snapshot is published yet: materialize online_features")
+            return error_response(503, "no feature snapshot is published yet: materialize online_features")
         record = snapshot.records.get(user_id)
         if record is None:
-            raise NotFound(f"user_id {user_id} is not an active user in the feature snapshot of {snapshot.date}")
+            return error_response(
+                404, f"user_id {user_id} is not an active user in the feature snapshot of {snapshot.date}",
+                loc=("user_id",), type="not_found",
+            )
         return _json({**self._score(model, [record])[0], "user_id": user_id, "snapshot_date": snapshot.date})
-
-
-def _printable(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii")
 
 
 def _json(body: dict | list) -> Response:

@@ -51,6 +51,8 @@ FEATURE_COLUMNS: tuple[str, ...] = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
 """The model's input columns, in order."""
 
 KEY_COLUMNS = ("user_id", "snapshot_date")
+MAX_BATCH_RECORDS = 1000
+"""The most feature records one ``/predict_batch`` request may carry."""
 LABEL_COLUMN = "churned"
 
 
@@ -59,11 +61,12 @@ class _RecordBase(BaseModel):
 
 
 def _field_definitions() -> dict:
+    """Strict: a JSON string or boolean is never read as a number, nor a JSON float as a count."""
     fields: dict = {}
     for name, upper in COUNT_FEATURES.items():
         fields[name] = (int, Field(ge=0, le=upper, strict=True))
     for name, upper in AMOUNT_FEATURES.items():
-        fields[name] = (float, Field(ge=0, le=round(upper, 4) + 1e-4, allow_inf_nan=False))
+        fields[name] = (float, Field(ge=0, le=round(upper, 4) + 1e-4, allow_inf_nan=False, strict=True))
     fields["plan"] = (Literal[PLANS], Field(description="Subscription plan."))  # type: ignore[valid-type]
     return fields
 

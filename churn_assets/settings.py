@@ -20,7 +20,6 @@ DEFAULT_START_DATE = dt.date(2026, 7, 1)
 MODEL_NAME = "churn-model"
 """The registered model in MLflow and the model's name in the BentoML store."""
 SERVICE_PORT = 3001
-MAX_BATCH_RECORDS = 1000
 CHAMPION_ALIAS = "champion"
 EXPERIMENT_NAME = "churnops"
 

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN
+from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN, MAX_BATCH_RECORDS
 from churn_assets.serve.assets import bento_model
 from churn_assets.serve.onnx import ONNX_INPUTS
-from churn_assets.settings import MAX_BATCH_RECORDS, MODEL_NAME
+from churn_assets.settings import MODEL_NAME
 from churn_assets.train.assets import read_split
 from churn_assets.train.candidates import logistic_regression
 from tests.conftest import SMALL_GRAPH_DAYS
@@ -103,16 +103,30 @@ MALFORMED = {
     "bad record in a batch": ("/predict_batch", lambda f: {"records": [_valid(f), {**_valid(f), "plan": 3}]}, "plan"),
     "negative user id": ("/predict_user", lambda f: {"user_id": -5}, "user_id"),
     "text user id": ("/predict_user", lambda f: {"user_id": "ada"}, "user_id"),
+    "numeric text for an amount": ("/predict", lambda f: _with(f, video_minutes_7d="3"), "video_minutes_7d"),
+    "decimal text for an amount": ("/predict", lambda f: _with(f, video_minutes_7d="1.5"), "video_minutes_7d"),
+    "true for an amount": ("/predict", lambda f: _with(f, engagement_trend_7d_30d=True), "engagement_trend_7d_30d"),
+    "false for an amount": ("/predict", lambda f: _with(f, lesson_trend_7d_30d=False), "lesson_trend_7d_30d"),
+    "true for a count": ("/predict", lambda f: _with(f, payments_30d=True), "payments_30d"),
+    "numeric text user id": ("/predict_user", lambda f: {"user_id": "7"}, "user_id"),
+    "float user id": ("/predict_user", lambda f: {"user_id": 7.0}, "user_id"),
+    "exponent user id": ("/predict_user", lambda f: '{"user_id": 7e0}', "user_id"),
+    "true as user id": ("/predict_user", lambda f: {"user_id": True}, "user_id"),
+    "extra key beside features": ("/predict", lambda f: {**_with(f), "extra": 1}, "extra"),
+    "extra key beside records": ("/predict_batch", lambda f: {"records": [_valid(f)], "extra": 1}, "extra"),
+    "extra key beside user_id": ("/predict_user", lambda f: {"user_id": 7, "extra": 1}, "extra"),
 }
 
 
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
 def test_malformed_requests_get_a_400_naming_the_field(service, latest_features, case):
     path, body, field = MALFORMED[case]
-    payload = json.dumps(body(latest_features), allow_nan=True)
+    payload = body(latest_features)
+    if not isinstance(payload, str):
+        payload = json.dumps(payload, allow_nan=True)
     response = service.post(path, content=payload, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
-    assert field in response.text
+    assert [field] in [error["loc"][-1:] for error in response.json()["detail"]], response.text
 
 
 def test_malformed_json_is_a_400(service):
