@@ -5,8 +5,11 @@ materializations and check results, as the daemon would see them after real runs
 evaluates once and then reports what it requested as done, the way a run would.
 """
 
+import copy
 import datetime as dt
 import threading
+from collections.abc import Iterator
+from contextlib import closing
 
 import dagster as dg
 import pytest
@@ -57,6 +60,23 @@ class Automation:
         with partition_loading_context(effective_dt=NOW):
             self.complete({key: self._all_partitions(key) for key in self.graph.get_all_asset_keys()})
         assert self.tick() == {}, "a complete, checked history should request nothing"
+
+    def fork(self) -> "Automation":
+        """The same history and cursor in an instance of its own, so one test's events stay out of the others'.
+
+        Reporting the history takes half a minute; copying the ephemeral instance's in-memory SQLite
+        databases takes a fraction of a second.
+        """
+        twin = copy.copy(self)
+        twin.instance = dg.DagsterInstance.ephemeral()
+        twin.requested_checks = set(self.requested_checks)
+        for source, target in (
+            (self.instance.run_storage, twin.instance.run_storage),
+            (self.instance.event_log_storage, twin.instance.event_log_storage),
+        ):
+            with closing(source._engine.raw_connection()) as src, closing(target._engine.raw_connection()) as dst:
+                src.driver_connection.backup(dst.driver_connection)
+        return twin
 
     def _all_partitions(self, key: dg.AssetKey) -> list[str | None]:
         partitions = self.graph.get(key).partitions_def
@@ -130,9 +150,19 @@ class Automation:
         return {key.path[-1]: partitions for key, partitions in requested.items()}
 
 
+@pytest.fixture(scope="module")
+def history(defs) -> Iterator[Automation]:
+    """Reported once per module: every test starts from the same complete, checked history."""
+    history = Automation(defs)
+    yield history
+    history.instance.dispose()
+
+
 @pytest.fixture
-def automation(defs) -> Automation:
-    return Automation(defs)
+def automation(history) -> Iterator[Automation]:
+    automation = history.fork()
+    yield automation
+    automation.instance.dispose()
 
 
 def test_a_new_raw_partition_refreshes_the_dbt_models_scores_and_monitoring_downstream(automation):
