@@ -2,8 +2,8 @@
 
 Measures, in one run: sequential p50/p99 latency of /predict; throughput and p50/p99 at a given
 concurrency for /predict and for the same server's /livez (the framework's ceiling), and their
-ratio; the same /predict on a second server whose hot-swap watcher is off, to show what the
-watcher costs; /predict_batch rows per second, one batch at a time and one per worker; and a
+ratio; /predict on two one-worker servers, one with the hot-swap watcher and one without, to
+show what the watcher costs; /predict_batch rows per second, one batch at a time and one per worker; and a
 bare in-process predict_proba as the floor.
 
 A shared 2-core VM swings by a factor of two from minute to minute, so the three loads are
@@ -53,6 +53,8 @@ def _request(path: str, body: bytes | None) -> bytes:
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
     writer.write(request)
     status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionResetError("the server closed the connection")
     length = 0
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode().partition(":")
@@ -70,8 +72,8 @@ class _Connections:
     the same connections, so /predict and /livez meet the same split between the workers.
     """
 
-    def __init__(self, streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
-        self.streams = streams
+    def __init__(self, port: int, streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+        self.port, self.streams = port, streams
 
     @classmethod
     async def open(cls, port: int, count: int) -> _Connections:
@@ -81,22 +83,34 @@ class _Connections:
             await _exchange(reader, writer, _request("/livez", None))
             await asyncio.sleep(0.01)
             streams.append((reader, writer))
-        return cls(streams)
+        return cls(port, streams)
 
     async def load(self, request: bytes, total: int) -> tuple[list[float], float]:
-        """``total`` requests spread over the connections; latencies (s) and wall time."""
-        latencies: list[float] = []
+        """``total`` requests spread over the connections; latencies (s) and wall time.
 
-        async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        A connection the server closed while it idled (uvicorn's keep-alive timeout is 5 s) is
+        opened again before the round's clock starts.
+        """
+        latencies: list[float] = []
+        for i, (reader, writer) in enumerate(self.streams):
+            if reader.at_eof() or writer.is_closing():
+                self.streams[i] = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def worker(index: int) -> None:
+            reader, writer = self.streams[index]
             for _ in range(total // len(self.streams)):
                 start = time.perf_counter()
-                status = await _exchange(reader, writer, request)
+                try:
+                    status = await _exchange(reader, writer, request)
+                except ConnectionResetError:
+                    reader, writer = self.streams[index] = await asyncio.open_connection("127.0.0.1", self.port)
+                    status = await _exchange(reader, writer, request)
                 latencies.append(time.perf_counter() - start)
                 if status != 200:
                     raise RuntimeError(f"HTTP {status}")
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker(reader, writer) for reader, writer in self.streams))
+        await asyncio.gather(*(worker(i) for i in range(len(self.streams))))
         return latencies, time.perf_counter() - start
 
     def close(self) -> None:
@@ -188,41 +202,62 @@ def _in_process_floor(records: list[dict]) -> dict[str, float]:
     return timings
 
 
-async def _measure(port: int, watcherless_port: int, server: subprocess.Popen, records: list[dict], args: argparse.Namespace):
+async def _rounds(loads: tuple, rounds: int, requests: int) -> dict[str, list[tuple[float, list[float]]]]:
+    """Each load once per round, the order rotating from round to round: (req/s, latencies) per round."""
+    measured: dict[str, list[tuple[float, list[float]]]] = {name: [] for name, _, _ in loads}
+    for round_ in range(rounds):
+        shift = round_ % len(loads)
+        for name, connections, request in loads[shift:] + loads[:shift]:
+            latencies, wall = await connections.load(request, requests)
+            measured[name].append((len(latencies) / wall, latencies))
+    return measured
+
+
+async def _measure(ports: dict[str, int], server: subprocess.Popen, records: list[dict], args: argparse.Namespace):
     one = _request("/predict", json.dumps({"features": records[0]}).encode())
     livez = _request("/livez", None)
     batch = _request("/predict_batch", json.dumps({"records": records}).encode())
 
-    single = await _Connections.open(port, 1)
+    single = await _Connections.open(ports["main"], 1)
     sequential, _ = await single.load(one, 1000)
     single.close()
 
-    pool = await _Connections.open(port, args.concurrency)
-    watcherless = await _Connections.open(watcherless_port, args.concurrency)
+    pool = await _Connections.open(ports["main"], args.concurrency)
     await pool.load(one, 800)
-    await watcherless.load(one, 800)
     cpu_before = _worker_cpu_seconds(server)
-    loads = (("/predict", pool, one), ("/livez", pool, livez), ("/predict, no watcher", watcherless, one))
-    rounds: dict[str, list[tuple[float, list[float]]]] = {name: [] for name, _, _ in loads}
-    for round_ in range(args.rounds):
-        for name, connections, request in loads[round_ % 3 :] + loads[: round_ % 3]:
-            latencies, wall = await connections.load(request, args.requests)
-            rounds[name].append((len(latencies) / wall, latencies))
+    rounds = await _rounds((("/predict", pool, one), ("/livez", pool, livez)), args.rounds, args.requests)
     cpu_used = [after - before for before, after in zip(cpu_before, _worker_cpu_seconds(server), strict=True)]
     pool.close()
-    watcherless.close()
+
+    watched = await _Connections.open(ports["watcher"], args.concurrency)
+    unwatched = await _Connections.open(ports["no watcher"], args.concurrency)
+    for connections in (watched, unwatched):
+        await connections.load(one, 800)
+    watcher = await _rounds(
+        (("/predict, watcher on", watched, one), ("/predict, watcher off", unwatched, one)), args.rounds, args.requests
+    )
+    watched.close()
+    unwatched.close()
 
     batches = {}
     for concurrency in sorted({1, args.workers}):
-        connections = await _Connections.open(port, concurrency)
+        connections = await _Connections.open(ports["main"], concurrency)
         batches[concurrency] = await connections.load(batch, args.batches)
         connections.close()
-    return sequential, rounds, cpu_used, batches
+    return sequential, rounds, cpu_used, watcher, batches
 
 
 def _median_ratio(rounds: dict, over: str, under: str) -> tuple[float, list[float]]:
     ratios = [a[0] / b[0] for a, b in zip(rounds[over], rounds[under], strict=True)]
     return statistics.median(ratios), ratios
+
+
+def _print_rounds(rounds: dict) -> None:
+    for name, per_round in rounds.items():
+        pooled = _pooled(per_round)
+        rates = ", ".join(f"{rate:.0f}" for rate, _ in per_round)
+        print(f"  {name:<22} median {statistics.median(r for r, _ in per_round):6.0f} req/s ({rates})   "
+              f"p50 {_pct(pooled, 50):6.2f} ms   p99 {_pct(pooled, 99):6.2f} ms")
 
 
 def _pooled(per_round: list[tuple[float, list[float]]]) -> list[float]:
@@ -251,29 +286,30 @@ def main() -> int:
         print(f"no online feature snapshot under {data_dir}: run `make materialize` first", file=sys.stderr)
         return 1
 
-    port, watcherless_port = _free_port(), _free_port()
-    server = _start_server(port, args.workers, env)
-    watcherless_server = _start_server(watcherless_port, args.workers, {**env, "CHURNOPS_SERVICE_POLL_SECONDS": WATCHER_OFF_S})
+    ports = {"main": _free_port(), "watcher": _free_port(), "no watcher": _free_port()}
+    servers = {
+        "main": _start_server(ports["main"], args.workers, env),
+        "watcher": _start_server(ports["watcher"], 1, env),
+        "no watcher": _start_server(ports["no watcher"], 1, {**env, "CHURNOPS_SERVICE_POLL_SECONDS": WATCHER_OFF_S}),
+    }
     try:
-        measured = asyncio.run(_measure(port, watcherless_port, server, records, args))
+        measured = asyncio.run(_measure(ports, servers["main"], records, args))
     finally:
-        for process in (server, watcherless_server):
+        for process in servers.values():
             process.terminate()
             process.wait(timeout=20)
-    sequential, rounds, cpu_used, batches = measured
+    sequential, rounds, cpu_used, watcher_rounds, batches = measured
     floor = _in_process_floor(records)
 
     print(f"\nsequential /predict: p50 {_pct(sequential, 50):.2f} ms, p99 {_pct(sequential, 99):.2f} ms")
     print(f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.requests} requests:")
-    for name, per_round in rounds.items():
-        pooled = _pooled(per_round)
-        rates = ", ".join(f"{rate:.0f}" for rate, _ in per_round)
-        print(f"  {name:<21} median {statistics.median(r for r, _ in per_round):6.0f} req/s ({rates})   "
-              f"p50 {_pct(pooled, 50):6.2f} ms   p99 {_pct(pooled, 99):6.2f} ms")
+    _print_rounds(rounds)
     print(f"  CPU split between the workers: {' / '.join(f'{c / sum(cpu_used):.0%}' for c in cpu_used)}")
     ratio, ratios = _median_ratio(rounds, "/predict", "/livez")
     print(f"  /predict throughput is {ratio:.0%} of /livez, median of rounds ({', '.join(f'{r:.0%}' for r in ratios)})")
-    watcher, watcher_ratios = _median_ratio(rounds, "/predict", "/predict, no watcher")
+    print(f"the hot-swap watcher, two 1-worker servers, {args.rounds} alternating rounds:")
+    _print_rounds(watcher_rounds)
+    watcher, watcher_ratios = _median_ratio(watcher_rounds, "/predict, watcher on", "/predict, watcher off")
     print(f"  with the watcher /predict runs at {watcher:.0%} of the server without it, median of rounds "
           f"({', '.join(f'{r:.0%}' for r in watcher_ratios)})")
     for concurrency, (latencies, wall) in batches.items():

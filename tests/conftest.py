@@ -6,6 +6,7 @@ default resources are read from it at import time.
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,14 @@ from churn_assets.resources import build_resources  # noqa: E402
 from churn_assets.settings import Settings  # noqa: E402
 
 START = dt.date(2026, 7, 1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A passing session leaves nothing behind; a failing one keeps its logs and warehouses to look at."""
+    if exitstatus == 0:
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+    else:
+        print(f"\nthis session's files (logs, warehouses, stores) are kept in {_SESSION_DIR}")
 
 
 def pytest_sessionstart(session):

@@ -68,12 +68,18 @@ def frame_feeds(frame) -> dict[str, np.ndarray]:
 
 
 def load_session(model: bytes, threads: int = 1):
-    """One thread by default: each service worker owns a core, and one-row calls gain nothing from more."""
+    """One thread by default: each service worker owns a core, and one-row calls gain nothing from more.
+
+    With more, the threads sleep between calls instead of spinning, so a batch's helpers do not
+    take the core from the next single-row requests.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if threads > 1:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
