@@ -39,8 +39,8 @@ START = dt.date(2026, 7, 1)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """A passing session leaves nothing behind; a failing one keeps its logs and warehouses to look at."""
-    if exitstatus == 0:
+    """A passing session leaves nothing behind; a failing one (or CHURNOPS_KEEP_TEST_FILES=1) keeps its logs and warehouses."""
+    if exitstatus == 0 and not os.environ.get("CHURNOPS_KEEP_TEST_FILES"):
         shutil.rmtree(_SESSION_DIR, ignore_errors=True)
     else:
         print(f"\nthis session's files (logs, warehouses, stores) are kept in {_SESSION_DIR}")
