@@ -46,6 +46,11 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nthis session's files (logs, warehouses, stores) are kept in {_SESSION_DIR}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The soak is the longest module: first in line, it runs beside the others instead of after them."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/soak/"))
+
+
 def pytest_sessionstart(session):
     """The dbt assets are defined from the manifest, which ``make install`` writes; tests run without make too."""
     if not (DBT_PROJECT_DIR / "target" / "manifest.json").exists():
