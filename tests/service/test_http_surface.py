@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bento.surface import MAX_BODY_BYTES, MAX_HEADER_BYTES, REJECTIONS_LOGGED_PER_MINUTE, RejectionLog
-from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS
+from churn_assets.contract import EXAMPLE_RECORD, FEATURE_COLUMNS, MAX_BATCH_RECORDS
 
 pytestmark = pytest.mark.slow
 
@@ -185,3 +185,16 @@ def test_a_schema_driven_fuzzer_finds_no_server_error_and_no_answer_off_the_sche
     )
     assert result.returncode == 0, result.stdout[-6000:]
     assert "No issues found" in result.stdout
+
+
+def test_every_feature_field_carries_its_dbt_definition_and_an_example_that_is_answered(service):
+    properties = service.get("/docs.json").json()["components"]["schemas"]["FeatureRecord"]["properties"]
+    example = {name: field["example"] for name, field in properties.items()}
+
+    response = service.post("/predict", json={"features": example})
+
+    assert list(properties) == list(FEATURE_COLUMNS)
+    assert properties["tenure_days"]["description"] == "Days since signup."
+    assert all(len(field.get("description", "")) > 10 for field in properties.values())
+    assert example == EXAMPLE_RECORD
+    assert response.status_code == 200, response.text
