@@ -265,10 +265,13 @@ def openapi(spec: dict, api_paths: set[str], description: str) -> dict:
 
     Request bodies are required, and every refusal is an ``ErrorBody`` (BentoML documents a
     string ``detail`` and answers a 404 with an array). The service's own description replaces
-    BentoML's default, whose badges the Swagger page would fetch from other hosts.
+    BentoML's default, whose badges the Swagger page would fetch from other hosts, and a service
+    served from source says so instead of version "None".
     """
     spec["info"]["description"] = description
     spec["info"].pop("contact", None)
+    if spec["info"].get("version") in (None, "None"):
+        spec["info"]["version"] = "source (not a built Bento)"
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name in ("InvalidArgument", "NotFound", "InternalServerError"):
         schemas.pop(name, None)

@@ -170,6 +170,7 @@ def test_the_openapi_document_requires_bodies_and_documents_every_refusal(servic
     assert {"404", "503"} <= set(spec["paths"]["/predict_user"]["post"]["responses"])
     assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
     assert '"exclusiveMinimum": 0' not in json.dumps(spec)
+    assert spec["info"]["version"] == "source (not a built Bento)"
 
 
 def test_a_schema_driven_fuzzer_finds_no_server_error_and_no_answer_off_the_schema(service, tmp_path):
