@@ -177,12 +177,14 @@ class Settings:
         return {"memory_limit": self.duckdb_memory_limit, "threads": self.duckdb_threads}
 
     def subprocess_env(self) -> dict[str, str]:
-        """What child processes read: the warehouse for the dbt profile, the BentoML store, no telemetry."""
+        """What child processes read: the warehouse for the dbt profile, the BentoML store, no
+        telemetry, and no MLflow download progress bars in the CLI's output or the run logs."""
         return {
             "CHURNOPS_WAREHOUSE": str(self.warehouse_path),
             "CHURNOPS_DUCKDB_MEMORY_LIMIT": self.duckdb_memory_limit,
             "CHURNOPS_DUCKDB_THREADS": str(self.duckdb_threads),
             "BENTOML_HOME": str(self.bentoml_home),
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             **TELEMETRY_OFF,
         }
 
