@@ -131,7 +131,8 @@ class ServedModel:
         metadata = model.info.metadata
         if metadata.get("feature_columns") != list(FEATURE_COLUMNS):
             raise RuntimeError(f"{model.tag} was trained on {metadata.get('feature_columns')}, the contract says {list(FEATURE_COLUMNS)}")
-        session = load_session(model.custom_objects["onnx_model"])
+        compiled = model.custom_objects["onnx_model"]
+        session = load_session(compiled)
         if input_names(session) != ONNX_INPUTS:
             raise RuntimeError(
                 f"{model.tag} takes ONNX inputs {input_names(session)}, this service feeds "
@@ -146,7 +147,7 @@ class ServedModel:
             tag=str(model.tag),
             version=version,
             session=session,
-            batch_session=load_session(model.custom_objects["onnx_model"], threads=BATCH_THREADS),
+            batch_session=load_session(compiled, threads=BATCH_THREADS),
             thresholds=(float(thresholds["medium"]), float(thresholds["high"])),
             trained_at=dt.datetime.fromisoformat(trained_at) if trained_at else model.info.creation_time,
             info={

@@ -148,6 +148,9 @@ class Refusal:
         await error_response(self.status, self.error, loc=self.loc, type=self.type, headers=self.headers)(scope, receive, send)
 
 
+TOO_LARGE = Refusal("body_too_large", 413, f"the request body is over {MAX_BODY_BYTES} bytes", ("body",), "too_large")
+
+
 class Guard:
     """The outermost ASGI app: refuses what BentoML should never see, replays the body it read."""
 
@@ -188,13 +191,14 @@ class Guard:
     def _refusal_for_api_call(scope, method: str) -> Refusal | None:
         if method != "POST":
             return Refusal("method_not_allowed", 405, f"{method} is not allowed here; send a POST", ("method",), "method_not_allowed", {"allow": "POST"})
-        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
         if content_type.split(";")[0].strip().lower() != JSON:
             return Refusal(
                 "unsupported_media_type", 415, f"Content-Type must be {JSON}, not {content_type or 'missing'}",
                 ("header", "content-type"), "unsupported_media_type",
             )
-        length = dict(scope["headers"]).get(b"content-length")
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return TOO_LARGE
         return None
@@ -213,7 +217,6 @@ class Guard:
         return self._docs
 
 
-TOO_LARGE = Refusal("body_too_large", 413, f"the request body is over {MAX_BODY_BYTES} bytes", ("body",), "too_large")
 
 
 async def _read_body(receive) -> tuple[bytes, Refusal | None]:

@@ -95,12 +95,9 @@ def _field_definitions() -> dict:
     return fields
 
 
+# A TypedDict rather than a model: a validated batch is then a list of plain dicts, what the ONNX
+# feeding reads, and validating a 1,000-record batch costs about 40 % less.
 FeatureRecord = TypedDict("FeatureRecord", _field_definitions())  # type: ignore[misc]
-"""One user's features as of a snapshot date, exactly the model's input columns.
-
-A TypedDict rather than a model: a validated batch is then a list of plain dicts, what the
-ONNX feeding reads, and validating a 1,000-record batch costs about 40 % less.
-"""
 FeatureRecord.__doc__ = "One user's features as of a snapshot date, exactly the model's input columns."
 FeatureRecord.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
 
