@@ -10,7 +10,8 @@ cannot drift apart silently.
 The APIs answer with JSON they serialize themselves; their ``output_spec`` still documents the
 shape in the OpenAPI document. BentoML's own serialization of a returned pydantic model sends the
 body in chunks, each passing every middleware once more; at a fraction of a millisecond per
-prediction that was a quarter of the cost of ``/predict``.
+prediction that was a quarter of the cost of ``/predict``. For the same reason ``DirectApis``
+(bento/surface.py) calls them without BentoML's generic dispatch.
 
 Nothing needs a restart. Each worker looks every ``CHURNOPS_SERVICE_POLL_SECONDS`` for a newer
 champion export in the BentoML store (``bento_model``) and a newer ``/predict_user`` snapshot
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import json
 import logging
 import os
 import threading
@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bento.surface import GuardedService, RejectedRequestsAsWarnings, error_response, printable
+from bento.surface import DirectApis, GuardedService, error_response, printable
 from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, risk_tiers
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, feeds, input_names, load_session
 from churn_assets.settings import MODEL_NAME, SERVICE_PORT, get_settings
@@ -86,7 +87,6 @@ class UserRequest(_Request):
     user_id: Annotated[int, Field(ge=1, strict=True)]
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(RejectedRequestsAsWarnings())
 logger = logging.getLogger("bentoml.churn_service")
 
 predictions_total = bentoml.metrics.Counter(
@@ -102,10 +102,6 @@ snapshot_age = bentoml.metrics.Gauge(
     documentation="Seconds since the /predict_user feature snapshot was published (-1: none yet).",
 )
 
-BATCH_THREADS = 2
-BATCH_THREADS_FROM_ROWS = 64
-"""A batch this large runs the ensemble on two threads: 1,000 rows take about 6 ms instead of 10."""
-
 MODEL_MAX_AGE = dt.timedelta(days=8)
 """The model's freshness policy (retrain assets, churn_assets/automation.py): older is degraded."""
 SNAPSHOT_MAX_AGE = dt.timedelta(hours=50)
@@ -119,7 +115,6 @@ class ServedModel:
     tag: str
     version: int
     session: object
-    batch_session: object
     thresholds: tuple[float, float]
     trained_at: dt.datetime
     info: dict
@@ -147,7 +142,6 @@ class ServedModel:
             tag=str(model.tag),
             version=version,
             session=session,
-            batch_session=load_session(compiled, threads=BATCH_THREADS),
             thresholds=(float(thresholds["medium"]), float(thresholds["high"])),
             trained_at=dt.datetime.fromisoformat(trained_at) if trained_at else model.info.creation_time,
             info={
@@ -287,8 +281,7 @@ class ChurnService:
         }
 
     def _score(self, model: ServedModel, records: list[dict]) -> list[dict]:
-        session = model.batch_session if len(records) >= BATCH_THREADS_FROM_ROWS else model.session
-        probabilities = churn_probabilities(session, feeds(records))
+        probabilities = churn_probabilities(model.session, feeds(records))
         tiers = risk_tiers(probabilities, *model.thresholds).tolist()
         for tier in set(tiers):
             model.served[tier].inc(tiers.count(tier))
@@ -324,5 +317,9 @@ class ChurnService:
         return _json({**self._score(model, [record])[0], "user_id": user_id, "snapshot_date": snapshot.date})
 
 
+ChurnService.add_asgi_middleware(DirectApis, service=ChurnService)
+
+
 def _json(body: dict | list) -> Response:
-    return Response(json.dumps(body).encode(), media_type="application/json")
+    """orjson: a 1,000-prediction answer in 0.15 ms, where json.dumps takes 2.5."""
+    return Response(orjson.dumps(body), media_type="application/json")

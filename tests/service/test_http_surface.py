@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bento.surface import MAX_BODY_BYTES, MAX_HEADER_BYTES, REJECTIONS_LOGGED_PER_MINUTE, RejectionLog
+from bento.surface import LOGGED_REASON_CHARS, MAX_BODY_BYTES, MAX_HEADER_BYTES, REJECTIONS_LOGGED_PER_MINUTE, RejectionLog
 from churn_assets.contract import EXAMPLE_RECORD, FEATURE_COLUMNS, MAX_BATCH_RECORDS
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,8 @@ def test_the_log_escapes_client_text_and_stays_short_under_a_flood(fresh_service
     forged = "2026-01-01T00:00:00+0000 [ERROR] [entry_service:churn_service:1] forged"
     fresh_service.post("/predict", json={"features": {**record, f"x\n{forged}": 1}})
     fresh_service.get(f"/nope%0A{forged.replace(' ', '%20')}")
-    for _ in range(200):
+    fresh_service.post("/predict", json={"features": {**record, **{f"unknown_{i}": i for i in range(5000)}}})
+    for _ in range(199):
         fresh_service.post("/predict_user", json={"user_id": "seven"})
 
     log = fresh_service.log_path.read_text()
@@ -125,6 +126,7 @@ def test_the_log_escapes_client_text_and_stays_short_under_a_flood(fresh_service
     assert sum("\\n" + forged in line for line in log.splitlines()) == 2
     assert "Traceback" not in log
     assert log.count("Rejected request on") == REJECTIONS_LOGGED_PER_MINUTE
+    assert max(len(line) for line in log.splitlines() if "Rejected request" in line) < LOGGED_REASON_CHARS + 200
     assert "further ones are counted in churn_requests_refused_total" in log
     metrics = fresh_service.get("/metrics").text
     invalid = re.search(r'^churn_requests_refused_total\{reason="invalid_body"\} ([0-9.]+)$', metrics, re.M)

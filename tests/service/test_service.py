@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn_assets.contract import FEATURE_COLUMNS, LABEL_COLUMN, MAX_BATCH_RECORDS
+from churn_assets.contract import EXAMPLE_RECORD, FEATURE_COLUMNS, LABEL_COLUMN, MAX_BATCH_RECORDS
 from churn_assets.serve.assets import bento_model
 from churn_assets.serve.onnx import ONNX_INPUTS
 from churn_assets.settings import MODEL_NAME
@@ -129,9 +129,11 @@ def test_malformed_requests_get_a_400_naming_the_field(service, latest_features,
     assert [field] in [error["loc"][-1:] for error in response.json()["detail"]], response.text
 
 
-def test_malformed_json_is_a_400(service):
+def test_malformed_json_is_a_400_naming_the_body(service):
     response = service.post("/predict", content=b'{"features": {', headers={"content-type": "application/json"})
     assert response.status_code == 400
+    assert response.json()["detail"][0]["loc"] == ["body"]
+    assert response.json()["detail"][0]["type"] == "json_invalid"
 
 
 def test_after_bad_requests_the_server_lives_and_logged_warnings_without_tracebacks(service):
@@ -149,6 +151,24 @@ def test_metrics_count_predictions_by_tier_and_version(service, latest_features,
     assert lines, metrics[:2000]
     assert all(f'model_version="{version}"' in line for line in lines)
     assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 10
+
+
+def test_bentoml_request_metrics_count_every_answer_by_endpoint_and_status(service):
+    """The APIs are answered inside BentoML's middleware, so its request metrics still see them."""
+
+    def count(endpoint: str, status: int) -> float:
+        pattern = rf'^bentoml_service_request_total\{{endpoint="{endpoint}",http_response_code="{status}"[^}}]*\}} ([0-9.]+)$'
+        found = re.search(pattern, service.get("/metrics").text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    before = {(e, s): count(e, s) for e, s in (("/predict", 200), ("/predict", 400), ("/predict_batch", 200))}
+    service.post("/predict", json={"features": EXAMPLE_RECORD})
+    service.post("/predict", json={"features": {**EXAMPLE_RECORD, "plan": "gold"}})
+    service.post("/predict_batch", json={"records": [EXAMPLE_RECORD, EXAMPLE_RECORD]})
+    # Each worker keeps its own counts and /metrics merges them, so every request shows exactly once.
+    assert {key: count(*key) - value for key, value in before.items()} == {
+        ("/predict", 200): 1, ("/predict", 400): 1, ("/predict_batch", 200): 1
+    }
 
 
 def test_the_openapi_document_describes_the_feature_schema_and_the_answers(service):
