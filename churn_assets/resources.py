@@ -17,7 +17,7 @@ from dagster_dbt import DbtCliResource
 from dagster_duckdb import DuckDBResource
 
 from churn_assets.ingest.sources import RawSource
-from churn_assets.settings import DBT_PROJECT_DIR, Settings
+from churn_assets.settings import DBT_PROJECT_DIR, Settings, Surfaces
 from churn_assets.train.registry import ModelRegistry
 
 
@@ -68,6 +68,7 @@ def build_resources(settings: Settings) -> dict:
         "registry": ModelRegistry(
             tracking_uri=settings.mlflow_tracking_uri,
             artifact_location=settings.mlflow_artifact_location,
+            ui_url=Surfaces.from_env().mlflow_url,
         ),
         "dbt": Dbt(
             project_dir=str(DBT_PROJECT_DIR),

@@ -20,6 +20,7 @@ DEFAULT_START_DATE = dt.date(2026, 7, 1)
 MODEL_NAME = "churn-model"
 """The registered model in MLflow and the model's name in the BentoML store."""
 SERVICE_PORT = 3001
+"""The churn service's default port (``CHURNOPS_SERVICE_PORT``); the built Bento reads this module too."""
 CHAMPION_ALIAS = "champion"
 EXPERIMENT_NAME = "churnops"
 
@@ -40,6 +41,41 @@ def _env(name: str, default: str) -> str:
 def _optional_date(name: str) -> dt.date | None:
     value = os.environ.get(name, "").strip()
     return dt.date.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class Surfaces:
+    """Where ``make up`` serves each surface: one host, a port each, every one set from the environment."""
+
+    host: str = "127.0.0.1"
+    dagster_port: int = 3000
+    service_port: int = SERVICE_PORT
+    mlflow_port: int = 5000
+    reports_port: int = 8081
+    docs_port: int = 8080
+
+    @classmethod
+    def from_env(cls) -> Surfaces:
+        return cls(
+            host=_env("CHURNOPS_HOST", cls.host),
+            dagster_port=int(_env("CHURNOPS_DAGSTER_PORT", str(cls.dagster_port))),
+            service_port=int(_env("CHURNOPS_SERVICE_PORT", str(cls.service_port))),
+            mlflow_port=int(_env("CHURNOPS_MLFLOW_PORT", str(cls.mlflow_port))),
+            reports_port=int(_env("CHURNOPS_REPORTS_PORT", str(cls.reports_port))),
+            docs_port=int(_env("CHURNOPS_DOCS_PORT", str(cls.docs_port))),
+        )
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return self.url(self.mlflow_port)
+
+    @property
+    def reports_url(self) -> str:
+        """The data dir's ``reports/`` folder over HTTP: a browser opens an Evidently report from a link."""
+        return self.url(self.reports_port)
 
 
 LOW_VOLUME_TAG = "churnops/low_volume_expected"

@@ -18,7 +18,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from churn_assets.settings import CHAMPION_ALIAS, EXPERIMENT_NAME, MODEL_NAME
+from churn_assets.settings import CHAMPION_ALIAS, EXPERIMENT_NAME, MODEL_NAME, Surfaces
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class ModelRegistry(dg.ConfigurableResource):
 
     tracking_uri: str = Field(description="MLflow tracking and registry URI.")
     artifact_location: str = Field(description="Where the experiment's artifacts are stored.")
-    ui_url: str = Field(default="http://127.0.0.1:5000", description="The MLflow UI, for links in metadata.")
+    ui_url: str = Field(default=Surfaces().mlflow_url, description="The MLflow UI, for links in metadata.")
     experiment_name: str = EXPERIMENT_NAME
     model_name: str = MODEL_NAME
 
