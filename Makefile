@@ -13,16 +13,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export BENTOML_DO_NOT_TRACK := true
 
-HOST ?= 127.0.0.1
-DAGSTER_PORT ?= 3000
-DOCS_PORT ?= 8080
-MLFLOW_PORT ?= 5000
-SERVICE_PORT ?= 3001
+# Ports and host: CHURNOPS_HOST, CHURNOPS_DAGSTER_PORT, CHURNOPS_SERVICE_PORT, CHURNOPS_MLFLOW_PORT,
+# CHURNOPS_DOCS_PORT, CHURNOPS_REPORTS_PORT (defaults in churn_assets/settings.py, Surfaces).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 DBT := cd dbt_project && $(RUN) dbt
 
-.PHONY: help install manifest up materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
+.PHONY: help install manifest up dagster-home materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,28 +28,24 @@ $(CURDIR)/.tools/bin/uv:
 	python3 -m venv .tools && .tools/bin/pip install --quiet uv
 
 install: $(if $(findstring .tools,$(UV)),$(UV))  ## install the locked environment and parse the dbt project
-	$(UV) sync --frozen
-	$(MAKE) --no-print-directory manifest
+	@echo "installing the locked environment (uv sync) and parsing the dbt project"
+	@$(UV) sync --frozen --quiet
+	@$(MAKE) --no-print-directory manifest
 
 manifest:
 	$(DBT) parse --quiet
 
-up: install  ## install, materialize the whole graph, start the churn service and the Dagster UI
-	@$(MAKE) --no-print-directory materialize || echo "A step or a check failed (listed above); starting the UI anyway so you can see where."
-	@$(RUN) bentoml serve bento.service:ChurnService --host $(HOST) --port $(SERVICE_PORT) > $(CHURNOPS_DATA_DIR)/service.log 2>&1 & \
-	  trap "kill $$! 2>/dev/null" EXIT; \
-	  echo "Churn service: http://$(HOST):$(SERVICE_PORT)  (Swagger UI at /, OpenAPI at /docs.json, log in $(CHURNOPS_DATA_DIR)/service.log)"; \
-	  $(MAKE) --no-print-directory ui
+up: install dagster-home  ## install, materialize the whole graph, start every surface (Ctrl+C stops them all)
+	@$(RUN) churnops up
 
-materialize:  ## materialize the whole graph for the default history in one run
+dagster-home:
 	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+materialize: dagster-home  ## materialize the whole graph for the default history in one run
 	$(RUN) churnops materialize
 
-ui:  ## start the Dagster webserver and daemon on $(HOST):$(DAGSTER_PORT)
-	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)  (lineage: Assets > View global asset lineage)"
-	@echo "Warehouse:  $(CHURNOPS_WAREHOUSE)   dbt docs: make docs-serve"
-	$(RUN) dagster dev -w workspace.yaml -h $(HOST) -p $(DAGSTER_PORT)
+ui: dagster-home  ## start the Dagster webserver and daemon (after the graph has run)
+	$(RUN) churnops start dagster daemon
 
 test: install  ## run the whole test suite
 	$(RUN) pytest
@@ -66,19 +59,17 @@ validate: install  ## check that the Dagster definitions load
 docs: install  ## write the dbt docs site (feature definitions) to dbt_project/target
 	$(DBT) docs generate
 
-docs-serve: docs  ## serve the dbt docs on $(HOST):$(DOCS_PORT)
-	$(DBT) docs serve --host $(HOST) --port $(DOCS_PORT) --no-browser
+docs-serve: docs  ## serve the dbt docs site
+	$(RUN) churnops start docs
 
-serve:  ## serve the champion over HTTP on $(HOST):$(SERVICE_PORT) (after the graph has run)
-	$(RUN) bentoml serve bento.service:ChurnService --host $(HOST) --port $(SERVICE_PORT)
+serve:  ## serve the champion over HTTP (after the graph has run)
+	$(RUN) churnops start service
 
 bento:  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_service:latest` needs Docker
 	PATH="$(dir $(UV)):$$PATH" $(RUN) bentoml build -f bento/bentofile.yaml .
 
-mlflow-ui:  ## the MLflow UI on $(HOST):$(MLFLOW_PORT), on the platform's tracking store
-	$(RUN) mlflow ui --backend-store-uri $(or $(CHURNOPS_MLFLOW_TRACKING_URI),sqlite:///$(CHURNOPS_DATA_DIR)/mlflow/mlflow.db) \
-		--default-artifact-root $(or $(CHURNOPS_MLFLOW_ARTIFACT_LOCATION),file://$(CHURNOPS_DATA_DIR)/mlflow/artifacts) \
-		--host $(HOST) --port $(MLFLOW_PORT)
+mlflow-ui:  ## the MLflow UI, on the platform's tracking store
+	$(RUN) churnops start mlflow
 
 champion-history:  ## list every champion model version, newest first
 	$(RUN) churnops champion-history

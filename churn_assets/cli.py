@@ -15,8 +15,9 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
+from churn_assets.bringup import QUIET_ENV, surfaces
 from churn_assets.incidents import incident_log
-from churn_assets.settings import LOW_VOLUME_TAG, MODEL_NAME, get_settings
+from churn_assets.settings import LOW_VOLUME_TAG, MODEL_NAME, Surfaces, get_settings
 
 
 DRIFT_DEMO_DAYS = 14
@@ -28,13 +29,13 @@ DRIFT_DEMO_SELECTION = "group:ingest or group:transform or group:score or group:
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 """A command's run logs to the instance (the Dagster UI), not the terminal; its summary says what failed.
 
-dagster-dbt also echoes dbt's log to stdout; a command swallows that too (``_quiet_stdout``), as
+dagster-dbt also echoes dbt's log to stdout; a command swallows that too (``quiet_stdout``), as
 dbt keeps its own in ``dbt_project/logs/dbt.log``.
 """
 
 
 @contextlib.contextmanager
-def _quiet_stdout():
+def quiet_stdout():
     with contextlib.redirect_stdout(io.StringIO()):
         yield
 
@@ -44,7 +45,7 @@ def _run_in_process(
 ) -> dg.ExecuteInProcessResult:
     from churn_assets.definitions import defs
 
-    with _quiet_stdout():
+    with quiet_stdout():
         return dg.materialize(
             list(defs.assets),
             selection=selection,
@@ -81,7 +82,7 @@ def run_retrain(
         assets=list(defs.assets), jobs=[retrain_job], resources=resources if resources is not None else defs.resources
     ).resolve_job_def(retrain_job.name)
     tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: RETRAIN_SENSOR}
-    with _quiet_stdout():
+    with quiet_stdout():
         return job.execute_in_process(
             instance=instance or dg.DagsterInstance.get(), tags=tags, run_config=QUIET_CONSOLE, raise_on_error=False
         )
@@ -216,6 +217,37 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from churn_assets.bringup import materialize_everything, serve_until_stopped, write_dbt_docs
+
+    settings = get_settings()
+    log_dir = settings.data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    print(f"1/3 the whole graph, {settings.start_date} .. {settings.history_end}, as run bring_up (full log: {log_dir / 'bring_up.log'})", flush=True)
+    result = materialize_everything(settings, dg.DagsterInstance.get(), log_dir)
+    failed_checks = _print_failed_checks(result)
+    _print_failed_steps(result)
+    if not result.success or failed_checks:
+        print("A step or a check failed (listed above); starting the surfaces anyway so you can see where.")
+    print("2/3 the dbt docs site", flush=True)
+    if not write_dbt_docs(settings, log_dir):
+        print(f"dbt docs generate failed: see {log_dir / 'dbt_docs.log'}")
+    print("3/3 the surfaces", flush=True)
+    banner = f"\nbring-up took {(time.monotonic() - started) / 60:.1f} min"
+    code = serve_until_stopped(settings, banner=banner)
+    # Everything is stopped and nothing is left to flush; interpreter shutdown would wait another
+    # 15-20 s on threads the in-process run left behind before the prompt came back.
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from churn_assets.bringup import serve_until_stopped
+
+    return serve_until_stopped(get_settings(), args.surface)
+
+
 def _registry():
     from churn_assets.resources import build_resources
 
@@ -282,13 +314,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--start", help=f"first drifted day (default: the last {DRIFT_DEMO_DAYS} days up to yesterday)")
     demo.set_defaults(func=_cmd_drift_demo)
+    commands.add_parser(
+        "up", help="materialize the whole graph as run bring_up, then start every surface until Ctrl+C"
+    ).set_defaults(func=_cmd_up)
+    start = commands.add_parser("start", help="start surfaces of a platform that has run, until Ctrl+C")
+    keys = [s.key for s in surfaces(get_settings(), Surfaces())]
+    start.add_argument("surface", nargs="*", metavar="SURFACE", help=f"which: {', '.join(keys)} (default: all)")
+    start.set_defaults(func=_cmd_start)
     commands.add_parser("champion-history", help="list every champion, newest first").set_defaults(func=_cmd_history)
     commands.add_parser("rollback", help="move the champion alias back to the previous champion").set_defaults(
         func=_cmd_rollback
     )
     args = parser.parse_args(argv)
+    if unknown := set(getattr(args, "surface", [])) - set(keys):
+        start.error(f"no such surface: {', '.join(sorted(unknown))} (choose from {', '.join(keys)})")
     dagster_home = get_settings().dagster_home
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    os.environ.update(QUIET_ENV)
     dagster_home.mkdir(parents=True, exist_ok=True)
     return args.func(args)
 

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from churn_assets.automation import automated, automation_sensor, record_failed_runs, retrain_job, retrain_on_failed_checks
+from churn_assets.bringup import bring_up_job
 from churn_assets.ingest.assets import raw_events, raw_users
 from churn_assets.monitor.assets import drift_report, feature_drift, model_performance
 from churn_assets.resources import build_resources
@@ -32,7 +33,7 @@ STAGES = [
 
 defs = dg.Definitions(
     assets=automated(STAGES),
-    jobs=[retrain_job],
+    jobs=[bring_up_job, retrain_job],
     sensors=[automation_sensor, retrain_on_failed_checks, record_failed_runs],
     resources=build_resources(get_settings()),
     # Steps share one DuckDB writer, so they run one at a time anyway: a step in the run's own

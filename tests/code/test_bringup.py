@@ -1,0 +1,96 @@
+"""`make up`'s surfaces: they answer where the addresses say, and Ctrl+C stops every process started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from churn_assets.bringup import BRING_UP_JOB, _wrote
+from churn_assets.definitions import defs
+from churn_assets.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+ADDRESS = re.compile(r"^  (Dagster UI|Churn service|MLflow|dbt docs|Drift reports) +(http://\S+)", re.M)
+
+
+def test_the_bring_up_run_is_a_named_job_over_every_asset():
+    job = defs.resolve_job_def(BRING_UP_JOB)
+    assert job.asset_layer.selected_asset_keys == {spec.key for spec in defs.resolve_all_asset_specs()}
+
+
+def test_a_step_line_names_each_asset_once_with_its_rows_and_days():
+    assert _wrote("raw_events", 49_976, 153) == "raw_events 49,976 rows (153 days)"
+    assert _wrote("churn_model", None, 1) == "churn_model"
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _read_until(process: subprocess.Popen, marker: str, timeout_s: float) -> str:
+    deadline, seen = time.monotonic() + timeout_s, ""
+    os.set_blocking(process.stdout.fileno(), False)
+    while marker not in seen:
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise AssertionError(f"no {marker!r} after {timeout_s} s; output so far:\n{seen}")
+        chunk = process.stdout.read()
+        seen += chunk or ""
+        time.sleep(0.5)
+    return seen
+
+
+def test_every_surface_answers_at_its_address_and_ctrl_c_stops_every_process(small_graph):
+    platform, _ = small_graph
+    dagster, service, mlflow, docs, reports = _free_ports(5)
+    env = {
+        **os.environ,
+        "CHURNOPS_DATA_DIR": str(platform.data_dir),
+        "DAGSTER_HOME": str(platform.data_dir / "dagster_home"),
+        "BENTOML_HOME": str(platform.settings.bentoml_home),
+        "CHURNOPS_DAGSTER_PORT": str(dagster), "CHURNOPS_SERVICE_PORT": str(service),
+        "CHURNOPS_MLFLOW_PORT": str(mlflow), "CHURNOPS_DOCS_PORT": str(docs), "CHURNOPS_REPORTS_PORT": str(reports),
+    }
+    up = subprocess.Popen(
+        [str(Path(sys.executable).with_name("churnops")), "start"], cwd=PROJECT_ROOT, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    started: list[psutil.Process] = []
+    try:
+        output = _read_until(up, "Ctrl+C stops everything", timeout_s=300)
+        started = psutil.Process(up.pid).children(recursive=True)
+        addresses = dict(ADDRESS.findall(output))
+        assert set(addresses) == {"Dagster UI", "Churn service", "MLflow", "dbt docs", "Drift reports"}
+        assert addresses["Churn service"] == f"http://127.0.0.1:{service}"
+        assert httpx.get(f"{addresses['Dagster UI']}/server_info").status_code == 200
+        assert httpx.get(f"{addresses['Churn service']}/model").json()["model_version"] >= 1
+        assert httpx.get(f"http://127.0.0.1:{mlflow}/health").status_code == 200
+        assert addresses["MLflow"].startswith(f"http://127.0.0.1:{mlflow}/#/experiments/")
+        assert httpx.get(addresses["Drift reports"]).status_code == 200
+        assert len(started) >= 5
+
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+        assert "stopped." in up.stdout.read()
+        time.sleep(1)
+        assert [p.pid for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        for process in [psutil.Process(up.pid), *started] if up.poll() is None else started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
