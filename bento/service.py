@@ -278,7 +278,13 @@ class ChurnService:
             "feature_snapshot_published_at": features.published_at.isoformat() if features else None,
             "feature_snapshot_age_seconds": round((now - features.published_at).total_seconds()) if features else None,
             "feature_snapshot_users": len(features.records) if features else 0,
+            "example_user_id": min(features.records) if features and features.records else None,
         }
+
+    def openapi_examples(self) -> dict[str, dict]:
+        """Swagger's /predict_user example: a user of the served snapshot, so "Try it out" gets a 200."""
+        features = self.features
+        return {"/predict_user": {"user_id": min(features.records)}} if features and features.records else {}
 
     def _score(self, model: ServedModel, records: list[dict]) -> list[dict]:
         probabilities = churn_probabilities(model.session, feeds(records))

@@ -192,7 +192,7 @@ class Guard:
         self.app, self.service = app, service
         self.api_paths = {api.route for api in service.apis.values()}
         self.known_paths = _fixed_paths(app)
-        self._docs: bytes | None = None
+        self._docs: tuple[dict, bytes] | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -245,10 +245,12 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
     def docs(self) -> bytes:
-        if self._docs is None:
-            spec = openapi(self.service.openapi_spec.asdict(), self.api_paths, self.service.description or "")
-            self._docs = json.dumps(spec).encode()
-        return self._docs
+        """The corrected document, rebuilt when the service's examples change (a new feature snapshot)."""
+        examples = getattr(get_current_service(), "openapi_examples", dict)()
+        if self._docs is None or self._docs[0] != examples:
+            spec = openapi(self.service.openapi_spec.asdict(), self.api_paths, self.service.description or "", examples)
+            self._docs = examples, json.dumps(spec).encode()
+        return self._docs[1]
 
 
 
@@ -297,13 +299,14 @@ def _fixed_paths(app) -> frozenset[str]:
     return frozenset(paths)
 
 
-def openapi(spec: dict, api_paths: set[str], description: str) -> dict:
+def openapi(spec: dict, api_paths: set[str], description: str, examples: dict[str, dict] | None = None) -> dict:
     """BentoML's OpenAPI document, made to match this service.
 
     Request bodies are required, and every refusal is an ``ErrorBody`` (BentoML documents a
     string ``detail`` and answers a 404 with an array). The service's own description replaces
     BentoML's default, whose badges the Swagger page would fetch from other hosts, and a service
-    served from source says so instead of version "None".
+    served from source says so instead of version "None". ``examples`` are request bodies that
+    answer 200 today, which a schema's static example cannot promise for a user id.
     """
     spec["info"]["description"] = description
     spec["info"].pop("contact", None)
@@ -326,6 +329,8 @@ def openapi(spec: dict, api_paths: set[str], description: str) -> dict:
     for path in api_paths:
         operation = spec["paths"][path]["post"]
         operation["requestBody"]["required"] = True
+        if path in (examples or {}):
+            operation["requestBody"]["content"][JSON]["example"] = examples[path]
         responses = {"200": operation["responses"].get("200") or operation["responses"][200]}
         for status, description in {**answers, **_extra_answers(path)}.items():
             responses[str(status)] = {

@@ -201,3 +201,14 @@ def test_every_feature_field_carries_its_dbt_definition_and_an_example_that_is_a
     assert all(len(field.get("description", "")) > 10 for field in properties.values())
     assert example == EXAMPLE_RECORD
     assert response.status_code == 200, response.text
+
+
+def test_the_predict_user_example_is_a_user_of_the_served_snapshot_and_is_answered(service):
+    operation = service.get("/docs.json").json()["paths"]["/predict_user"]["post"]
+    example = operation["requestBody"]["content"]["application/json"]["example"]
+
+    response = service.post("/predict_user", json=example)
+
+    assert example == {"user_id": service.get("/model").json()["example_user_id"]}
+    assert response.status_code == 200, response.text
+    assert response.json()["user_id"] == example["user_id"]
