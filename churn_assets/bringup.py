@@ -172,12 +172,35 @@ def materialize_everything(settings: Settings, instance: dg.DagsterInstance, log
         follower.start()
         try:
             with quiet_stdout():
-                return defs.resolve_job_def(BRING_UP_JOB).execute_in_process(
+                result = defs.resolve_job_def(BRING_UP_JOB).execute_in_process(
                     instance=instance, run_id=run_id, tags=tags, run_config=QUIET_CONSOLE, raise_on_error=False
                 )
         finally:
             progress.done.set()
             follower.join()
+    _file_under_the_code_location(instance, run_id)
+    return result
+
+
+def _file_under_the_code_location(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Gives the finished in-process run the origin a UI-launched run of ``bring_up`` would have.
+
+    An in-process run has no code location, so the UI's Overview leaves it out and its Jobs page
+    lists no run of ``bring_up``; this is the run-history migration Dagster itself uses to move
+    runs between locations. Only a finished run is rewritten: a running one would write its old
+    body back with its next status.
+    """
+    import yaml
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    (location,) = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())["load_from"]
+    module = location["python_module"]
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=module["module_name"], working_directory=str(PROJECT_ROOT))
+    code_location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=module["location_name"])
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(code_location, SINGLETON_REPOSITORY_NAME), BRING_UP_JOB)
+    instance.run_storage.replace_job_origin(instance.get_run_by_id(run_id), origin)
 
 
 @contextlib.contextmanager

@@ -12,15 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import psutil
 import pytest
 
-from churn_assets.bringup import BRING_UP_JOB, _wrote
+from churn_assets.bringup import BRING_UP_JOB, _file_under_the_code_location, _wrote
 from churn_assets.definitions import defs
 from churn_assets.settings import PROJECT_ROOT
 
-pytestmark = pytest.mark.slow
 ADDRESS = re.compile(r"^  (Dagster UI|Churn service|MLflow|dbt docs|Drift reports) +(http://\S+)", re.M)
 
 
@@ -56,6 +56,7 @@ def _read_until(process: subprocess.Popen, marker: str, timeout_s: float) -> str
     return seen
 
 
+@pytest.mark.slow
 def test_every_surface_answers_at_its_address_and_ctrl_c_stops_every_process(small_graph):
     platform, _ = small_graph
     dagster, service, mlflow, docs, reports = _free_ports(5)
@@ -94,3 +95,21 @@ def test_every_surface_answers_at_its_address_and_ctrl_c_stops_every_process(sma
         for process in [psutil.Process(up.pid), *started] if up.poll() is None else started:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
+
+
+def test_the_bring_up_run_is_filed_under_the_code_location_like_a_ui_launched_run():
+    """So the UI's Overview timeline and the bring_up job's page list it."""
+
+    @dg.asset
+    def one() -> int:
+        return 1
+
+    instance = dg.DagsterInstance.ephemeral()
+    run_id = dg.materialize([one], instance=instance).run_id
+
+    _file_under_the_code_location(instance, run_id)
+
+    run = instance.get_run_by_id(run_id)
+    assert run.remote_job_origin.job_name == BRING_UP_JOB
+    assert run.remote_job_origin.repository_origin.get_label() == "__repository__@churn_assets"
+    assert run.tags[".dagster/repository"] == "__repository__@churn_assets"
