@@ -7,17 +7,18 @@ and measures what the scores were worth. Their checks are what the retrain senso
 """
 
 import datetime as dt
+import functools
 
 import dagster as dg
 import pandas as pd
 
-from churn_assets.contract import FEATURE_COLUMNS
-from churn_assets.monitor.drift import column_bins, psi_by_day
+from churn_assets.contract import CATEGORICAL_FEATURES, FEATURE_COLUMNS, NUMERIC_FEATURES
+from churn_assets.monitor.drift import column_bins, psi, psi_by_day, verdict
 from churn_assets.monitor.performance import performance_by_day
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
 from churn_assets.score.assets import SCORES_TABLE, churn_scores
-from churn_assets.settings import get_settings
+from churn_assets.settings import Settings, Surfaces, get_settings
 from churn_assets.train.assets import LABELS_KEY, production_model
 from churn_assets.train.dataset import LABELS_RELATION
 from churn_assets.train.registry import ModelRegistry
@@ -25,36 +26,95 @@ from churn_assets.train.registry import ModelRegistry
 DRIFT_TABLE = "monitor.feature_drift"
 PERFORMANCE_TABLE = "monitor.model_performance"
 PREDICTION = "churn_probability"
-REPORT_SAMPLE_ROWS = 50_000
+PLATFORM_PSI = "churnops_psi"
+"""The name under which Evidently knows the platform's PSI as a stat test."""
 
 FEATURE_DRIFT_CHECK = "feature_drift_below_threshold"
 PREDICTION_DRIFT_CHECK = "prediction_drift_below_threshold"
 PERFORMANCE_CHECK = "realised_auc_holds"
 
 
-def _day_population(con, day: dt.date) -> pd.DataFrame:
+def _day_features(con, day: dt.date) -> pd.DataFrame:
+    """The day's scored population, the one ``feature_drift`` measured."""
     return con.execute(
-        f"SELECT f.*, s.{PREDICTION}, s.model_version FROM marts.fct_user_features f "
+        f"SELECT {', '.join(f'f.{c}' for c in FEATURE_COLUMNS)} FROM marts.fct_user_features f "
         f"JOIN {SCORES_TABLE} s USING (user_id, snapshot_date) WHERE snapshot_date = ?",
         [day],
     ).df()
 
 
-def _bounded(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """A fixed-seed sample: the report's cost stays the same at any number of users."""
-    return frame.sample(REPORT_SAMPLE_ROWS, random_state=seed) if len(frame) > REPORT_SAMPLE_ROWS else frame
-
-
-def _drift_result(check: str, value: float, column: str, warn: float, fail: float) -> dg.AssetCheckResult:
-    """Passes below the warning threshold; WARN severity up to the failure threshold, ERROR beyond."""
-    severity = dg.AssetCheckSeverity.ERROR if value >= fail else dg.AssetCheckSeverity.WARN
+def _drift_result(check: str, value: float, column: str, settings: Settings) -> dg.AssetCheckResult:
+    outcome = verdict(value, settings.psi_warn, settings.psi_fail)
     return dg.AssetCheckResult(
         check_name=check,
-        passed=value < warn,
-        severity=severity,
-        description=f"largest PSI {value:.3f} ({column}); warn at {warn}, fail at {fail}",
-        metadata={"psi": value, "column": column},
+        passed=outcome == "pass",
+        severity=dg.AssetCheckSeverity.ERROR if outcome == "fail" else dg.AssetCheckSeverity.WARN,
+        description=f"largest PSI {value:.3f} ({column}); warn at {settings.psi_warn}, fail at {settings.psi_fail}",
+        metadata={"psi": value, "column": column, "verdict": outcome},
     )
+
+
+def _psi_table(psi_by_feature: dict[str, float], settings: Settings) -> dg.MetadataValue:
+    """Both drift assets show the same table: each feature's PSI and what the checks make of it."""
+    table = pd.Series(psi_by_feature).sort_values(ascending=False).to_frame("psi")
+    table["verdict"] = [verdict(v, settings.psi_warn, settings.psi_fail) for v in table["psi"]]
+    return dg.MetadataValue.md(table.round(4).to_markdown())
+
+
+@functools.cache
+def _platform_psi_method() -> str:
+    """Evidently finds a stat test by name, so the platform's PSI is registered once per process."""
+    from evidently.legacy.calculations.stattests import StatTest, register_stattest
+    from evidently.legacy.core import ColumnType
+
+    def platform_psi(reference: pd.Series, current: pd.Series, feature_type, threshold: float) -> tuple[float, bool]:
+        value = psi(reference, current)
+        return value, value >= threshold
+
+    register_stattest(
+        StatTest(
+            name=PLATFORM_PSI,
+            display_name="PSI (training-reference deciles)",
+            allowed_feature_types=[ColumnType.Numerical, ColumnType.Categorical],
+        ),
+        platform_psi,
+    )
+    return PLATFORM_PSI
+
+
+def drift_snapshot(reference: pd.DataFrame, current: pd.DataFrame, warn: float):
+    """Evidently's data-drift report of the features, scored and judged as the drift checks score and judge.
+
+    Each feature's drift score is ``psi`` (the reference's deciles), the number ``feature_drift``
+    stores, and "Detected" means at or above ``warn``, where the check stops passing; the dataset
+    counts as drifted from one drifted feature, as the check judges its largest PSI. Both frames
+    go in whole: a sample would move the number, and near a threshold the verdict.
+    """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    definition = DataDefinition(
+        numerical_columns=list(NUMERIC_FEATURES), categorical_columns=list(CATEGORICAL_FEATURES)
+    )
+    preset = DataDriftPreset(
+        columns=list(FEATURE_COLUMNS),
+        method=_platform_psi_method(),
+        threshold=warn,
+        drift_share=1 / len(FEATURE_COLUMNS),
+    )
+    return Report([preset]).run(
+        current_data=Dataset.from_pandas(current[list(FEATURE_COLUMNS)], data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[list(FEATURE_COLUMNS)], data_definition=definition),
+    )
+
+
+def snapshot_psi(snapshot) -> dict[str, float]:
+    """Each feature's drift score as the report shows it."""
+    return {
+        m["config"]["column"]: float(m["value"])
+        for m in snapshot.dict()["metrics"]
+        if m["metric_name"].startswith("ValueDrift")
+    }
 
 
 @dg.asset(
@@ -113,13 +173,11 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
             "max_feature_psi": features[worst],
             "most_drifted_feature": worst,
             "prediction_psi": values[PREDICTION],
-            "psi_by_feature": dg.MetadataValue.md(
-                pd.Series(features).sort_values(ascending=False).round(4).to_frame("psi").to_markdown()
-            ),
+            "psi_by_feature": _psi_table(features, settings),
         }
     )
-    yield _drift_result(FEATURE_DRIFT_CHECK, features[worst], worst, settings.psi_warn, settings.psi_fail)
-    yield _drift_result(PREDICTION_DRIFT_CHECK, values[PREDICTION], PREDICTION, settings.psi_warn, settings.psi_fail)
+    yield _drift_result(FEATURE_DRIFT_CHECK, features[worst], worst, settings)
+    yield _drift_result(PREDICTION_DRIFT_CHECK, values[PREDICTION], PREDICTION, settings)
 
 
 @dg.asset(
@@ -130,38 +188,39 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
     deps=[feature_drift],
     kinds={"evidently", "html"},
     description="Evidently's data-drift report (HTML) of the latest day in the run against the "
-    f"training reference (each a fixed-seed sample of at most {REPORT_SAMPLE_ROWS:,} rows), saved under reports/; "
-    "per-column drift scores as metadata.",
+    "reference feature_drift measured it with, saved under reports/ and linked (served by `make up`). "
+    "Its drift scores are the platform's PSI, the numbers of feature_drift for that day; \"Detected\" "
+    "means at or above CHURNOPS_PSI_WARN, where the drift check stops passing. Each feature's PSI and "
+    "verdict (pass, warn, fail) as metadata.",
 )
 def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
-    from evidently import Report
-    from evidently.presets import DataDriftPreset
-
     settings = get_settings()
     day = context.partition_time_window.end.date() - dt.timedelta(days=1)
     with warehouse.get_connection() as con:
-        population = _day_population(con, day)
-    if population.empty:
-        raise dg.Failure(description=f"no scored users on {day}: materialize churn_scores first")
-    reference = registry.reference(registry.champion().version)[list(FEATURE_COLUMNS)]
-    current = population[list(FEATURE_COLUMNS)]
-    snapshot = Report([DataDriftPreset(method="psi", threshold=settings.psi_warn)]).run(
-        current_data=_bounded(current, settings.seed), reference_data=_bounded(reference, settings.seed)
-    )
+        (version,) = con.execute(
+            f"SELECT any_value(model_version) FROM {DRIFT_TABLE} WHERE snapshot_date = ?", [day]
+        ).fetchone()
+        current = _day_features(con, day)
+    if version is None or current.empty:
+        raise dg.Failure(description=f"no drift measured on {day}: materialize churn_scores and feature_drift first")
+    snapshot = drift_snapshot(registry.reference(version), current, settings.psi_warn)
     path = settings.reports_dir / f"drift_report_{day}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
-    scores = {
-        m["config"]["column"]: float(m["value"])
-        for m in snapshot.dict()["metrics"]
-        if m["metric_name"].startswith("ValueDrift") and "column" in m.get("config", {})
-    }
+    features = snapshot_psi(snapshot)
+    verdicts = {c: verdict(v, settings.psi_warn, settings.psi_fail) for c, v in features.items()}
+    worst = max(features, key=features.get)
     return dg.MaterializeResult(
         metadata={
             "snapshot_date": str(day),
-            "report": dg.MetadataValue.path(str(path)),
-            "drifted_columns": sum(v >= settings.psi_warn for v in scores.values()),
-            "evidently_psi": dg.MetadataValue.json({k: round(v, 4) for k, v in sorted(scores.items())}),
+            "model_version": int(version),
+            "max_feature_psi": features[worst],
+            "most_drifted_feature": worst,
+            "verdict": verdicts[worst],
+            "drifted_features": dg.MetadataValue.json(sorted(c for c, v in verdicts.items() if v != "pass")),
+            "psi_by_feature": _psi_table(features, settings),
+            "report": dg.MetadataValue.url(f"{Surfaces.from_env().reports_url}/{path.name}"),
+            "report_path": dg.MetadataValue.path(str(path)),
         }
     )
 

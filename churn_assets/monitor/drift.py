@@ -5,8 +5,9 @@ bins are the reference's deciles (or its categories), fixed by the reference alo
 value does not depend on the day's own data. ``psi`` is the reference implementation in pandas;
 ``psi_by_day`` counts every day's bins of a window in DuckDB in one scan, so the monitor stage
 never pulls a population into Python, only a few counts per column and day. Evidently's report
-uses its own binning
-(over reference and current combined) and is there to look at.
+scores every feature with ``psi`` too, registered as a stat test: Evidently's own PSI bins
+reference and current combined and gave another number, and another verdict, for the same day.
+There is one drift number, and ``verdict`` is its one word wherever it is shown.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def psi(reference: pd.Series, current: pd.Series) -> float:
         expected = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=edges.size + 1) / ref.size
         actual = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=edges.size + 1) / cur.size
     return _psi(actual, expected)
+
+
+def verdict(value: float, warn: float, fail: float) -> str:
+    """What the drift checks make of a PSI: they pass below ``warn``, fail as a warning from it, and as an error from ``fail``."""
+    return "fail" if value >= fail else "warn" if value >= warn else "pass"
 
 
 def _psi(actual, expected) -> float:

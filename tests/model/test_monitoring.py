@@ -13,7 +13,7 @@ from churn_assets.ingest import synthetic
 from churn_assets.monitor.assets import DRIFT_TABLE, PERFORMANCE_TABLE, PREDICTION
 from churn_assets.monitor.drift import column_bins, psi, psi_by_day
 from churn_assets.monitor.performance import performance_by_day
-from churn_assets.settings import Settings
+from churn_assets.settings import Settings, Surfaces
 from tests.conftest import SMALL_GRAPH_DAYS
 
 DEFAULTS = Settings.from_env()
@@ -141,12 +141,13 @@ def test_drift_is_stored_per_scored_day_for_every_feature_and_the_prediction(gra
 def test_the_evidently_report_is_saved_for_the_last_day_and_linked(graph):
     platform, result = graph
     (materialization,) = result.asset_materializations_for_node("drift_report")[-1:]
-    path = Path(materialization.metadata["report"].value)
+    path = Path(materialization.metadata["report_path"].value)
     assert path == platform.settings.reports_dir / f"drift_report_{SMALL_GRAPH_DAYS[1]}.html"
+    assert materialization.metadata["report"].value == f"{Surfaces.from_env().reports_url}/{path.name}"
     html = path.read_text()
     assert len(html) > 100_000
     assert all(column in html for column in ("lesson_views_7d", "days_since_last_activity", "plan"))
-    assert set(materialization.metadata["evidently_psi"].value) == set(FEATURE_COLUMNS)
+    assert all(f"| {column} " in materialization.metadata["psi_by_feature"].value for column in FEATURE_COLUMNS)
 
 
 def test_realised_performance_is_measured_once_labels_exist(graph):
