@@ -206,12 +206,13 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
         print(f"the retrain run {run.run_id} ended {run.status.value}: see it in the Dagster UI", file=sys.stderr)
         return 1
     print(f"    gate: {gate['decision']} version {gate['candidate_version']}: {gate['reason']}")
+    where = Surfaces.from_env()
     print(
         "\nwhere to look:\n"
-        "  Dagster UI  Assets > feature_drift > Checks (the failed drift check) and its psi_by_feature;\n"
+        f"  Dagster UI  {where.url(where.dagster_port)}: Catalog > feature_drift > Checks (the failed drift check) and its psi_by_feature;\n"
         "              Runs filtered by tag churnops/trigger (the retrain); production_model's metadata (the decision)\n"
-        f"  Evidently   {settings.reports_dir}/drift_report_{end}.html\n"
-        f"  MLflow      make mlflow-ui > Models > {MODEL_NAME} > version {gate['candidate_version']}: gate_* tags\n"
+        f"  Evidently   {where.reports_url}/drift_report_{end}.html\n"
+        f"  MLflow      {where.mlflow_url} > Models > {MODEL_NAME} > version {gate['candidate_version']}: gate_* tags\n"
         f"  incidents   {incident_log()}"
     )
     return 0
