@@ -4,8 +4,8 @@ dbt builds the daily models for the partition window (``--event-time-start``/``-
 which ``macros/event_time_window.sql`` reads), one statement per model for the whole window, and
 the rest whole, so the two live in separate ``@dbt_assets``. dbt tests become asset checks;
 error-severity ones are blocking, and a failing one undoes its invocation (``last_good``). After
-dbt exits, each model's materialization gets its row count and date range from the warehouse,
-read when dbt no longer holds the file.
+dbt exits, each model's materialization gets its row count, column types and date range from the
+warehouse, read when dbt no longer holds the file.
 """
 
 import datetime as dt
@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
 
 from churn_assets.automation import CHECK_WITH_ITS_MODEL
@@ -42,11 +43,12 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
         return spec
 
     def get_asset_check_spec(self, asset_spec, manifest, unique_id, project) -> dg.AssetCheckSpec | None:
-        """dbt tests run with their model when automation requests it.
+        """dbt tests run with their model when automation requests it, and say what they assert.
 
         A dbt test is a check Dagster can leave out of a run; without a condition of its own,
         automation would build the model and skip its tests, and everything downstream would then
-        wait for blocking checks that never ran against the new data.
+        wait for blocking checks that never ran against the new data. dagster-dbt reads a check's
+        description from the test's ``meta``; the YAML gives each test a dbt ``description``.
         """
         spec = super().get_asset_check_spec(asset_spec, manifest, unique_id, project)
         if spec is None:
@@ -55,19 +57,8 @@ class ChurnDbtTranslator(DagsterDbtTranslator):
         return spec._replace(
             automation_condition=CHECK_WITH_ITS_MODEL,
             partitions_def=daily_partitions if daily else None,
-            description=spec.description or _test_description(manifest["nodes"][unique_id]),
+            description=manifest["nodes"][unique_id]["description"],
         )
-
-
-def _test_description(test: Mapping[str, Any]) -> str:
-    """The test's own dbt ``description``, else what it asserts: a check in the UI is never blank."""
-    if test.get("description"):
-        return test["description"]
-    metadata = test.get("test_metadata") or {}
-    kwargs = metadata.get("kwargs", {})
-    arguments = ", ".join(f"{k}={v}" for k, v in kwargs.items() if k not in ("model", "column_name"))
-    subject = f"column {kwargs['column_name']}" if kwargs.get("column_name") else "the model"
-    return f"dbt test {metadata.get('name', test['name'])}({arguments}) on {subject}"
 
 
 translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
@@ -80,7 +71,7 @@ def _build(
     warehouse: Warehouse,
     window: tuple[dt.date, dt.date] | None = None,
 ) -> Iterator:
-    """One all-or-nothing dbt invocation, its events with table stats.
+    """One all-or-nothing dbt invocation, its events with table stats and what each test asserts.
 
     A failed invocation (an error-severity test, a model that does not compile) puts back the
     rows it replaced (``last_good``), reports its test results and fails the step, so nothing
@@ -92,18 +83,20 @@ def _build(
     with warehouse.get_connection() as con:
         kept = last_good.keep(con, models, DATE_COLUMNS, window)
     invocation = dbt.cli(args, context=context, raise_on_error=False)
-    events = list(invocation.stream())
+    nodes = invocation.manifest["nodes"]
+    events = [_saying_what_it_asserts(event, nodes) for event in invocation.stream()]
     if invocation.is_successful():
         with warehouse.get_connection() as con:
             last_good.discard(con)
-        yield from _with_table_stats(events, warehouse)
+            events = [_with_table_stats(con, event, nodes) for event in events]
+        yield from events
         shutil.rmtree(invocation.target_path, ignore_errors=True)
         return
     with warehouse.get_connection() as con:
         restored = last_good.restore(con, kept)
     checks = [e for e in events if isinstance(e, dg.AssetCheckResult | dg.AssetCheckEvaluation)]
     yield from checks
-    failed = [f"- {c.check_name} on {c.asset_key.path[-1]}: {c.description or 'failed'}" for c in checks if not c.passed]
+    failed = [f"- {c.check_name} on {c.asset_key.path[-1]}: {c.description}" for c in checks if not c.passed]
     raise dg.Failure(
         description="dbt build failed; the tables it replaced hold their rows from before this run "
         f"({', '.join(restored) or 'nothing was replaced'}).\n" + "\n".join(failed or [str(invocation.get_error())]),
@@ -112,29 +105,39 @@ def _build(
     )
 
 
-def _with_table_stats(events: Iterator, warehouse: Warehouse) -> Iterator:
-    """Lets dbt finish (it holds the DuckDB file) before reading row counts and date ranges."""
-    collected = list(events)
-    with warehouse.get_connection() as con:
-        for event in collected:
-            if isinstance(event, dg.Output | dg.AssetMaterialization):
-                model = event.asset_key.path[-1] if isinstance(event, dg.AssetMaterialization) else event.output_name
-                event = event.with_metadata({**event.metadata, **_table_stats(con, model)})
-            yield event
+def _saying_what_it_asserts(event, nodes: Mapping[str, Any]):
+    """dagster-dbt leaves a test's result blank; the check's history, the step's failure and the
+    CLI's list of failed checks then show the test's own description."""
+    if not isinstance(event, dg.AssetCheckResult):
+        return event
+    return event._replace(description=nodes[event.metadata["unique_id"].value]["description"])
 
 
-def _table_stats(con, model: str) -> dict[str, Any]:
-    relation = con.execute(
-        "SELECT table_schema FROM information_schema.tables WHERE table_name = ?", [model]
-    ).fetchone()
-    if relation is None:
-        return {}
-    table = f"{relation[0]}.{model}"
-    stats: dict[str, Any] = {"dagster/row_count": con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]}
-    if model in DATE_COLUMNS:
-        first, last = con.execute(f"SELECT min({DATE_COLUMNS[model]}), max({DATE_COLUMNS[model]}) FROM {table}").fetchone()
-        stats.update(first_date=str(first), last_date=str(last))
-    return stats
+def _with_table_stats(con: duckdb.DuckDBPyConnection, event, nodes: Mapping[str, Any]):
+    """A model's row count, column types and date range, read once dbt has let go of the file.
+
+    dagster-dbt's ``fetch_row_counts``/``fetch_column_metadata`` query through dbt-duckdb's
+    adapter, which keeps its read-only handle open in this process (``keep_open``): every later
+    writer in the process, the next step of an in-process run included, is then refused. Its row
+    counts also leave out views, the staging models. One scan gives the count and the date range.
+    """
+    if not isinstance(event, dg.Output | dg.AssetMaterialization):
+        return event
+    model = nodes[event.metadata["unique_id"].value]
+    schema, name = model["schema"], model["alias"]
+    columns = con.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+        [schema, name],
+    ).fetchall()
+    date = DATE_COLUMNS.get(model["name"])
+    span = f", min({date}), max({date})" if date else ""
+    rows, *first_last = con.execute(f"SELECT count(*){span} FROM {schema}.{name}").fetchone()
+    schema_metadata = dg.TableSchema(columns=[dg.TableColumn(column, data_type) for column, data_type in columns])
+    dates = dict(zip(("first_date", "last_date"), map(str, first_last))) if rows else {}
+    return event.with_metadata(
+        {**event.metadata, "dagster/row_count": rows, "dagster/column_schema": schema_metadata, **dates}
+    )
 
 
 @dbt_assets(

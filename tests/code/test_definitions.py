@@ -53,8 +53,20 @@ def test_every_asset_has_a_description(graph):
 def test_every_check_says_what_it_asserts(graph):
     checks = {key: graph.get_check_spec(key) for key in graph.asset_check_keys}
     assert not [key.name for key, spec in checks.items() if not spec.description]
-    tenure = next(spec for key, spec in checks.items() if key.name.startswith("accepted_range_fct_user_features_tenure_days"))
-    assert tenure.description == "dbt test accepted_range(min_value=0) on column tenure_days"
+
+
+def test_every_dbt_test_is_a_check_with_a_short_name_and_its_yaml_description(graph, manifest):
+    """Unnamed, dbt names a test after its macro, model, column and arguments (hashed past 64
+    characters), and the UI shows that name cut short: each test in the YAML names itself."""
+    tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"]
+    checks = {(key.asset_key.path[-1], key.name): graph.get_check_spec(key) for key in graph.asset_check_keys}
+    for test in tests:
+        model = test["attached_node"].split(".")[-1]
+        assert re.fullmatch(r"[a-z][a-z0-9_]{0,39}", test["name"]) and model not in test["name"], test["name"]
+        assert test["description"].strip(), f"{test['name']} on {model} does not say what it asserts"
+        assert checks[model, test["name"]].description == test["description"]
+    assert len({(t["attached_node"], t["name"]) for t in tests}) == len(tests)
+    assert checks["fct_user_features", "tenure_days_not_negative"].description == "No snapshot is dated before its user signed up."
 
 
 def test_lineage_runs_from_raw_events_to_labels(graph):
