@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -44,16 +45,32 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _read_until(process: subprocess.Popen, marker: str, timeout_s: float) -> str:
-    deadline, seen = time.monotonic() + timeout_s, ""
-    os.set_blocking(process.stdout.fileno(), False)
-    while marker not in seen:
-        if time.monotonic() > deadline or process.poll() is not None:
-            raise AssertionError(f"no {marker!r} after {timeout_s} s; output so far:\n{seen}")
-        chunk = process.stdout.read()
-        seen += chunk or ""
-        time.sleep(0.5)
-    return seen
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class _Output:
+    """The process's output as it comes, read by a thread so the test can wait for a line without blocking."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(process.stdout), daemon=True)
+        self.reader.start()
+
+    def wait_for(self, marker: str, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while not any(marker in line for line in list(self.lines)):
+            if time.monotonic() > deadline or not self.reader.is_alive():
+                raise AssertionError(f"no {marker!r} after {timeout_s} s; output so far:\n{self.text}")
+            time.sleep(0.5)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
 
 
 @pytest.mark.slow
@@ -74,9 +91,9 @@ def test_every_surface_answers_at_its_address_and_ctrl_c_stops_every_process(sma
     )
     started: list[psutil.Process] = []
     try:
-        output = _read_until(up, "Ctrl+C stops everything", timeout_s=300)
+        output = _Output(up)
+        addresses = dict(ADDRESS.findall(output.wait_for("Ctrl+C stops everything", timeout_s=300)))
         started = psutil.Process(up.pid).children(recursive=True)
-        addresses = dict(ADDRESS.findall(output))
         assert set(addresses) == {"Dagster UI", "Churn service", "MLflow", "dbt docs", "Drift reports"}
         assert addresses["Churn service"] == f"http://127.0.0.1:{service}"
         assert httpx.get(f"{addresses['Dagster UI']}/server_info").status_code == 200
@@ -88,9 +105,10 @@ def test_every_surface_answers_at_its_address_and_ctrl_c_stops_every_process(sma
 
         os.killpg(up.pid, signal.SIGINT)
         assert up.wait(timeout=60) == 0
-        assert "stopped." in up.stdout.read()
+        output.reader.join(timeout=10)
+        assert "stopped." in output.text
         time.sleep(1)
-        assert [p.pid for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+        assert [p.pid for p in started if _alive(p)] == []
     finally:
         for process in [psutil.Process(up.pid), *started] if up.poll() is None else started:
             with contextlib.suppress(psutil.NoSuchProcess):
