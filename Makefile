@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK := true
 # Ports and host: CHURNOPS_HOST, CHURNOPS_DAGSTER_PORT, CHURNOPS_SERVICE_PORT, CHURNOPS_MLFLOW_PORT,
 # CHURNOPS_DOCS_PORT, CHURNOPS_REPORTS_PORT (defaults in churn_assets/settings.py, Surfaces).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
-RUN := $(UV) run --frozen
+RUN := $(UV) run --frozen --quiet
 DBT := cd dbt_project && $(RUN) dbt
 
 .PHONY: help install manifest up dagster-home materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
