@@ -2,18 +2,21 @@
 
 Drift compares each scored day's population with the scoring champion's own training reference,
 stored with its model version (a candidate the gate rejected never becomes the reference), in
-DuckDB for every day of the run at once; performance waits until a scored day's 30-day labels exist
-and measures what the scores were worth. Their checks are what the retrain sensor listens to.
+DuckDB for every day of the run at once; the Evidently report shows those stored numbers beside
+plots of fixed-seed samples, so its cost does not grow with the users. Performance waits until a
+scored day's 30-day labels exist and measures what the scores were worth. Their checks are what
+the retrain sensor listens to.
 """
 
 import datetime as dt
 import functools
+from contextvars import ContextVar
 
 import dagster as dg
 import pandas as pd
 
 from churn_assets.contract import CATEGORICAL_FEATURES, FEATURE_COLUMNS, NUMERIC_FEATURES
-from churn_assets.monitor.drift import column_bins, psi, psi_by_day, verdict
+from churn_assets.monitor.drift import column_bins, psi_by_day, verdict
 from churn_assets.monitor.performance import performance_by_day
 from churn_assets.partitions import daily_partitions
 from churn_assets.resources import Warehouse
@@ -28,17 +31,28 @@ PERFORMANCE_TABLE = "monitor.model_performance"
 PREDICTION = "churn_probability"
 PLATFORM_PSI = "churnops_psi"
 """The name under which Evidently knows the platform's PSI as a stat test."""
+REPORT_SAMPLE_ROWS = 50_000
+"""The most rows of the day, and of the reference, that the report plots: its cost stays the same at any number of users."""
+
+_DAY_PSI: ContextVar[dict[str, float]] = ContextVar("day_psi")
+"""Each feature's PSI over the whole day, as ``feature_drift`` stored it, for the report being run."""
 
 FEATURE_DRIFT_CHECK = "feature_drift_below_threshold"
 PREDICTION_DRIFT_CHECK = "prediction_drift_below_threshold"
 PERFORMANCE_CHECK = "realised_auc_holds"
 
 
-def _day_features(con, day: dt.date) -> pd.DataFrame:
-    """The day's scored population, the one ``feature_drift`` measured."""
+def _day_sample(con, day: dt.date, seed: int) -> pd.DataFrame:
+    """At most REPORT_SAMPLE_ROWS of the day's scored users, the population ``feature_drift`` measured.
+
+    Drawn in DuckDB on the keys and the seed alone (as the training sample is), then joined to the
+    features: the same users every time, and only they reach pandas.
+    """
     return con.execute(
-        f"SELECT {', '.join(f'f.{c}' for c in FEATURE_COLUMNS)} FROM marts.fct_user_features f "
-        f"JOIN {SCORES_TABLE} s USING (user_id, snapshot_date) WHERE snapshot_date = ?",
+        f"WITH chosen AS (SELECT user_id, snapshot_date FROM {SCORES_TABLE} WHERE snapshot_date = ? "
+        f"ORDER BY hash(user_id, snapshot_date, {int(seed)}) LIMIT {int(REPORT_SAMPLE_ROWS)}) "
+        f"SELECT {', '.join(f'f.{c}' for c in FEATURE_COLUMNS)} FROM chosen "
+        "JOIN marts.fct_user_features AS f USING (user_id, snapshot_date)",
         [day],
     ).df()
 
@@ -63,18 +77,23 @@ def _psi_table(psi_by_feature: dict[str, float], settings: Settings) -> dg.Metad
 
 @functools.cache
 def _platform_psi_method() -> str:
-    """Evidently finds a stat test by name, so the platform's PSI is registered once per process."""
+    """Evidently finds a stat test by name, so the platform's PSI is registered once per process.
+
+    The test does not measure the samples it is handed: it returns the column's PSI over the whole
+    day from ``_DAY_PSI`` (the Series is named after its column), so a sample cannot move the
+    number or, near a threshold, the verdict.
+    """
     from evidently.legacy.calculations.stattests import StatTest, register_stattest
     from evidently.legacy.core import ColumnType
 
     def platform_psi(reference: pd.Series, current: pd.Series, feature_type, threshold: float) -> tuple[float, bool]:
-        value = psi(reference, current)
+        value = _DAY_PSI.get()[current.name]
         return value, value >= threshold
 
     register_stattest(
         StatTest(
             name=PLATFORM_PSI,
-            display_name="PSI (training-reference deciles)",
+            display_name="PSI over the whole day (training-reference deciles; the plots show a sample)",
             allowed_feature_types=[ColumnType.Numerical, ColumnType.Categorical],
         ),
         platform_psi,
@@ -82,13 +101,13 @@ def _platform_psi_method() -> str:
     return PLATFORM_PSI
 
 
-def drift_snapshot(reference: pd.DataFrame, current: pd.DataFrame, warn: float):
+def drift_snapshot(reference: pd.DataFrame, current: pd.DataFrame, day_psi: dict[str, float], warn: float):
     """Evidently's data-drift report of the features, scored and judged as the drift checks score and judge.
 
-    Each feature's drift score is ``psi`` (the reference's deciles), the number ``feature_drift``
-    stores, and "Detected" means at or above ``warn``, where the check stops passing; the dataset
-    counts as drifted from one drifted feature, as the check judges its largest PSI. Both frames
-    go in whole: a sample would move the number, and near a threshold the verdict.
+    ``reference`` and ``current`` are samples, there to be plotted; each feature's drift score is
+    its ``day_psi``, the PSI of the whole day against the whole reference that ``feature_drift``
+    stored, and "Detected" means at or above ``warn``, where the check stops passing. The dataset
+    counts as drifted from one drifted feature, as the check judges its largest PSI.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -102,10 +121,14 @@ def drift_snapshot(reference: pd.DataFrame, current: pd.DataFrame, warn: float):
         threshold=warn,
         drift_share=1 / len(FEATURE_COLUMNS),
     )
-    return Report([preset]).run(
-        current_data=Dataset.from_pandas(current[list(FEATURE_COLUMNS)], data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[list(FEATURE_COLUMNS)], data_definition=definition),
-    )
+    token = _DAY_PSI.set(day_psi)
+    try:
+        return Report([preset]).run(
+            current_data=Dataset.from_pandas(current[list(FEATURE_COLUMNS)], data_definition=definition),
+            reference_data=Dataset.from_pandas(reference[list(FEATURE_COLUMNS)], data_definition=definition),
+        )
+    finally:
+        _DAY_PSI.reset(token)
 
 
 def snapshot_psi(snapshot) -> dict[str, float]:
@@ -189,21 +212,27 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
     kinds={"evidently", "html"},
     description="Evidently's data-drift report (HTML) of the latest day in the run against the "
     "reference feature_drift measured it with, saved under reports/ and linked (served by `make up`). "
-    "Its drift scores are the platform's PSI, the numbers of feature_drift for that day; \"Detected\" "
-    "means at or above CHURNOPS_PSI_WARN, where the drift check stops passing. Each feature's PSI and "
-    "verdict (pass, warn, fail) as metadata.",
+    "Its drift scores are the numbers feature_drift stored for that day, the platform's PSI over the "
+    "whole day; its plots are of fixed-seed samples of at most "
+    f"{REPORT_SAMPLE_ROWS:,} rows of the day and of the reference. \"Detected\" means at or above "
+    "CHURNOPS_PSI_WARN, where the drift check stops passing. Each feature's PSI and verdict (pass, "
+    "warn, fail) as metadata.",
 )
 def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
     settings = get_settings()
     day = context.partition_time_window.end.date() - dt.timedelta(days=1)
     with warehouse.get_connection() as con:
-        (version,) = con.execute(
-            f"SELECT any_value(model_version) FROM {DRIFT_TABLE} WHERE snapshot_date = ?", [day]
-        ).fetchone()
-        current = _day_features(con, day)
-    if version is None or current.empty:
+        stored = con.execute(
+            f"SELECT column_name, psi, model_version FROM {DRIFT_TABLE} WHERE snapshot_date = ? AND NOT is_prediction",
+            [day],
+        ).df()
+        current = _day_sample(con, day, settings.seed)
+    if stored.empty or current.empty:
         raise dg.Failure(description=f"no drift measured on {day}: materialize churn_scores and feature_drift first")
-    snapshot = drift_snapshot(registry.reference(version), current, settings.psi_warn)
+    version = int(stored["model_version"].iloc[0])
+    reference = registry.reference_sample(version, REPORT_SAMPLE_ROWS, settings.seed)
+    day_psi = stored.set_index("column_name")["psi"].to_dict()
+    snapshot = drift_snapshot(reference, current, day_psi, settings.psi_warn)
     path = settings.reports_dir / f"drift_report_{day}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(path))
@@ -213,7 +242,7 @@ def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
     return dg.MaterializeResult(
         metadata={
             "snapshot_date": str(day),
-            "model_version": int(version),
+            "model_version": version,
             "max_feature_psi": features[worst],
             "most_drifted_feature": worst,
             "verdict": verdicts[worst],

@@ -5,9 +5,10 @@ bins are the reference's deciles (or its categories), fixed by the reference alo
 value does not depend on the day's own data. ``psi`` is the reference implementation in pandas;
 ``psi_by_day`` counts every day's bins of a window in DuckDB in one scan, so the monitor stage
 never pulls a population into Python, only a few counts per column and day. Evidently's report
-scores every feature with ``psi`` too, registered as a stat test: Evidently's own PSI bins
-reference and current combined and gave another number, and another verdict, for the same day.
-There is one drift number, and ``verdict`` is its one word wherever it is shown.
+shows those stored numbers through a stat test registered to return them, and plots samples:
+Evidently's own PSI bins reference and current combined and gave another number, and another
+verdict, for the same day, and any PSI of the samples would move with the sample. There is one
+drift number, and ``verdict`` is its one word wherever it is shown.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import dagster as dg
+import duckdb
 import pandas as pd
 from pydantic import Field
 
@@ -121,6 +122,23 @@ class ModelRegistry(dg.ConfigurableResource):
     def reference(self, version: int | str) -> pd.DataFrame:
         """The training features of this model version (not of whatever was trained last)."""
         return self._read_file(version, REFERENCE_ARTIFACT, pd.read_parquet)
+
+    def reference_sample(self, version: int | str, rows: int, seed: int) -> pd.DataFrame:
+        """At most ``rows`` of the version's training features, the same rows for the same seed.
+
+        Drawn in DuckDB from the stored file by a hash of each row's position and the seed, so
+        only the sample reaches pandas, whatever the size of the reference.
+        """
+
+        def sample(path: Path) -> pd.DataFrame:
+            with duckdb.connect() as con:
+                return con.execute(
+                    "SELECT * EXCLUDE (file_row_number) FROM read_parquet(?, file_row_number = true) "
+                    "ORDER BY hash(file_row_number, ?) LIMIT ?",
+                    [str(path), int(seed), int(rows)],
+                ).df()
+
+        return self._read_file(version, REFERENCE_ARTIFACT, sample)
 
     def save_onnx(self, run_id: str, compiled: bytes) -> None:
         self._save_file(run_id, ONNX_ARTIFACT, lambda path: path.write_bytes(compiled))

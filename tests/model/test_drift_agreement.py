@@ -4,7 +4,9 @@ A user once read "Detected" at PSI 0.367 in the report while the check passed wi
 same day. Here the report's scores are compared with the check's PSI and its words with the
 check's verdicts: on hand-built frames whose answer can be worked out, then through the assets on
 a day of each verdict: the small graph's quietest day (pass), its last day (warn), and that day in
-a copy of the warehouse with everyone's tenure a year longer (fail).
+a copy of the warehouse with everyone's tenure a year longer (fail). The report plots samples
+(its cost must not grow with the users) but shows the whole day's PSI: with a cap below a day's
+users, what Evidently is handed stays under the cap and the numbers stay the stored ones.
 
 ``snapshot.dict()`` carries each column's score but not the "Detected" / "Not Detected" the report
 prints, so those words are read from the report's HTML.
@@ -21,8 +23,10 @@ import pandas as pd
 import pytest
 
 from churn_assets.contract import FEATURE_COLUMNS
+from churn_assets.monitor import assets as monitor
 from churn_assets.monitor.assets import DRIFT_TABLE, FEATURE_DRIFT_CHECK, drift_snapshot, snapshot_psi
-from churn_assets.monitor.drift import EPSILON, column_bins, psi_by_day, verdict
+from churn_assets.monitor.drift import EPSILON, column_bins, psi, psi_by_day, verdict
+from churn_assets.score.assets import SCORES_TABLE
 from churn_assets.settings import Settings, Surfaces
 from tests.conftest import SMALL_GRAPH_DAYS, Platform
 
@@ -56,18 +60,24 @@ def _hand_built() -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
 
 
 def test_the_report_scores_and_words_are_the_checks_on_a_hand_built_day():
+    """The report is handed samples of 100 rows but shows the PSI of all 1,000, which the samples alone would not give."""
     reference, current, expected = _hand_built()
     verdicts = {c: verdict(v, DEFAULTS.psi_warn, DEFAULTS.psi_fail) for c, v in expected.items()}
     assert (verdicts["tenure_days"], verdicts["plan"], verdicts["video_minutes_7d"]) == ("fail", "warn", "pass")
-
-    snapshot = drift_snapshot(reference, current, DEFAULTS.psi_warn)
-
-    scores = snapshot_psi(snapshot)
-    assert scores == pytest.approx(expected, abs=1e-9)
+    whole_day = {c: psi(reference[c], current[c]) for c in FEATURE_COLUMNS}
+    assert whole_day == pytest.approx(expected, abs=1e-9)
     con = duckdb.connect()
     con.register("day", current.assign(snapshot_date=dt.date(2026, 10, 1)))
     in_sql = psi_by_day(con, "day", [column_bins(reference[c], c) for c in FEATURE_COLUMNS])
-    assert scores == pytest.approx(in_sql.set_index("column_name")["psi"].to_dict(), abs=1e-9), "the check's own PSI"
+    assert whole_day == pytest.approx(in_sql.set_index("column_name")["psi"].to_dict(), abs=1e-9), "the check's own PSI"
+    reference_sample, current_sample = reference.sample(100, random_state=0), current.sample(100, random_state=1)
+    of_the_samples = {c: psi(reference_sample[c], current_sample[c]) for c in FEATURE_COLUMNS}
+    assert of_the_samples["plan"] != pytest.approx(expected["plan"], abs=0.01)
+
+    snapshot = drift_snapshot(reference_sample, current_sample, whole_day, DEFAULTS.psi_warn)
+
+    scores = snapshot_psi(snapshot)
+    assert scores == whole_day
     html = snapshot.get_html_str(as_iframe=False)
     rows = _report_rows(html)
     assert {c: word for c, (word, _) in rows.items()} == {
@@ -142,6 +152,29 @@ def test_on_the_small_graphs_last_day_both_warn_on_the_same_features(small_graph
     platform, result = small_graph
     outcome, flagged = _one_verdict(platform, result, LAST_DAY)
     assert outcome == "warn" and flagged
+
+
+def test_the_report_plots_at_most_the_cap_and_still_shows_the_whole_days_numbers(copy_of_the_graph, monkeypatch):
+    """A cap of 50 rows on a day of some 400 users: Evidently gets 50 of each, the same 50 every run, and the stored PSI."""
+    platform = copy_of_the_graph
+    day = LAST_DAY - dt.timedelta(days=1)
+    ((users,),) = platform.query(f"SELECT count(*) FROM {SCORES_TABLE} WHERE snapshot_date = DATE '{day}'")
+    assert users > 50
+    monkeypatch.setattr(monitor, "REPORT_SAMPLE_ROWS", 50)
+    handed = []
+
+    def recording(reference, current, day_psi, warn):
+        handed.append((reference, current))
+        return drift_snapshot(reference, current, day_psi, warn)
+
+    monkeypatch.setattr(monitor, "drift_snapshot", recording)
+    _one_verdict(platform, _measure(platform, day), day)
+    _measure(platform, day)
+
+    (reference, current), again = handed
+    assert (len(reference), len(current)) == (50, 50)
+    pd.testing.assert_frame_equal(current, again[1])
+    pd.testing.assert_frame_equal(reference, again[0])
 
 
 def test_on_a_drifted_day_the_report_detects_exactly_what_the_check_fails_on(copy_of_the_graph):
