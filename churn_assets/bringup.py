@@ -241,6 +241,7 @@ class Supervisor:
     def __init__(self, settings: Settings, where: Surfaces, log_dir: Path) -> None:
         self.settings, self.where, self.log_dir = settings, where, log_dir
         self.processes: dict[str, subprocess.Popen] = {}
+        self.logs: list[TextIO] = []
         self.sites: list[_Site] = []
 
     def start(self, chosen: list[Surface]) -> None:
@@ -253,7 +254,8 @@ class Supervisor:
                 threading.Thread(target=site.serve_forever, name=surface.name, daemon=True).start()
                 self.sites.append(site)
                 continue
-            log = open(self.log_path(surface), "w")  # noqa: SIM115 - the child writes to it until it stops
+            log = open(self.log_path(surface), "w")  # noqa: SIM115 - closed in stop(), once the child has ended
+            self.logs.append(log)
             self.processes[surface.name] = subprocess.Popen(
                 surface.command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -300,6 +302,8 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        for log in self.logs:
+            log.close()
 
 
 def _answers(url: str) -> bool:
