@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
+import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 from starlette.applications import Starlette
@@ -43,7 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bento.surface import DirectApis, GuardedService, error_response, printable
-from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, risk_tiers
+from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, FeatureRow, risk_tiers
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, feeds, input_names, load_session
 from churn_assets.settings import MODEL_NAME, SERVICE_PORT, get_settings
 
@@ -81,6 +82,12 @@ class PredictRequest(_Request):
 
 class BatchRequest(_Request):
     records: Annotated[list[FeatureRecord], Field(min_length=1, max_length=MAX_BATCH_RECORDS)]  # type: ignore[valid-type]
+
+
+class BatchRecords(msgspec.Struct, forbid_unknown_fields=True):
+    """``BatchRequest`` for msgspec: what lets a 1,000-record batch skip pydantic's 10 ms (``DirectApis``)."""
+
+    records: Annotated[list[FeatureRow], msgspec.Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]  # type: ignore[valid-type]
 
 
 class UserRequest(_Request):
@@ -323,7 +330,7 @@ class ChurnService:
         return _json({**self._score(model, [record])[0], "user_id": user_id, "snapshot_date": snapshot.date})
 
 
-ChurnService.add_asgi_middleware(DirectApis, service=ChurnService)
+ChurnService.add_asgi_middleware(DirectApis, service=ChurnService, fast={"predict_batch": BatchRecords})
 
 
 def _json(body: dict | list) -> Response:

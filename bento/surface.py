@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
+import msgspec
 import pydantic
 from bentoml import get_current_service
 from pydantic import BaseModel, Field
@@ -143,14 +144,19 @@ class DirectApis:
     ``input_spec`` validates its body and its own method answers, so the OpenAPI document still
     describes exactly what runs. The Guard in front has already refused anything but a JSON POST
     within the size limits.
+
+    ``fast`` maps an API's name to a msgspec type that accepts exactly what its ``input_spec``
+    accepts. A body it accepts skips pydantic, five times slower on a full batch; a body it
+    refuses is validated by pydantic after all, so every 400 is the documented one.
     """
 
-    def __init__(self, app, service: bentoml.Service) -> None:
+    def __init__(self, app, service: bentoml.Service, fast: dict[str, type] | None = None) -> None:
         self.app = app
         self.apis = {api.route: api for api in service.apis.values()}
         for api in self.apis.values():
             if not inspect.iscoroutinefunction(api.func) or api.batchable or api.ctx_param:
                 raise TypeError(f"{api.name}: DirectApis answers plain async APIs only")
+        self.decoders = {name: msgspec.json.Decoder(spec) for name, spec in (fast or {}).items()}
 
     async def __call__(self, scope, receive, send) -> None:
         api = self.apis.get(scope["path"]) if scope["type"] == "http" else None
@@ -159,14 +165,26 @@ class DirectApis:
             return
         body, _ = await _read_body(receive)
         try:
-            request = api.input_spec.model_validate_json(body)
-            response = await api.func(get_current_service(), **{name: getattr(request, name) for name in type(request).model_fields})
+            arguments = self._decoded(api.name, body)
+            if arguments is None:
+                request = api.input_spec.model_validate_json(body)
+                arguments = {name: getattr(request, name) for name in type(request).model_fields}
+            response = await api.func(get_current_service(), **arguments)
         except pydantic.ValidationError as error:
             response = _invalid(scope["path"], error)
         except Exception:
             logger.exception("%s failed", api.name)
             response = error_response(500, "The service failed; its log says why.")
         await response(scope, receive, send)
+
+    def _decoded(self, name: str, body: bytes) -> dict | None:
+        decoder = self.decoders.get(name)
+        if decoder is None:
+            return None
+        try:
+            return msgspec.to_builtins(decoder.decode(body))
+        except ValueError:  # msgspec's errors, and a UnicodeDecodeError for bytes that are not UTF-8
+            return None
 
 
 def _invalid(path: str, error: pydantic.ValidationError) -> Response:

@@ -129,6 +129,21 @@ def test_malformed_requests_get_a_400_naming_the_field(service, latest_features,
     assert [field] in [error["loc"][-1:] for error in response.json()["detail"]], response.text
 
 
+RECORD_FAULTS = {
+    case: (body, field) for case, (path, body, field) in MALFORMED.items()
+    if path == "/predict" and case not in ("no wrapper key", "extra key beside features")
+}
+
+
+@pytest.mark.parametrize("case", RECORD_FAULTS, ids=list(RECORD_FAULTS))
+def test_a_record_predict_refuses_is_refused_in_a_batch_at_its_position(service, latest_features, case):
+    body, field = RECORD_FAULTS[case]
+    payload = {"records": [_valid(latest_features), body(latest_features)["features"], _valid(latest_features)]}
+    response = service.post("/predict_batch", content=json.dumps(payload, allow_nan=True), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert [error["loc"] for error in response.json()["detail"]] == [["records", 1, field]], response.text
+
+
 def test_malformed_json_is_a_400_naming_the_body(service):
     response = service.post("/predict", content=b'{"features": {', headers={"content-type": "application/json"})
     assert response.status_code == 400
