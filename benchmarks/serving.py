@@ -182,13 +182,13 @@ def _in_process_floor(records: list[dict]) -> dict[str, float]:
     import bentoml
     import pandas as pd
 
-    from churn_assets.contract import FEATURE_COLUMNS
+    from churn_assets.contract import FEATURE_COLUMNS, feature_values
     from churn_assets.serve.onnx import churn_probabilities, feeds, load_session
 
     model = bentoml.models.get("churn-model:latest")
     pipeline = bentoml.sklearn.load_model(model)
     session = load_session(model.custom_objects["onnx_model"])
-    one = feeds(records[:1])
+    one = feeds([feature_values(records[0])])
     frame = pd.DataFrame(records[:1])[list(FEATURE_COLUMNS)]
     timings = {}
     for name, call in (

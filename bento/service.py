@@ -44,7 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bento.surface import DirectApis, GuardedService, error_response, printable
-from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, FeatureRow, risk_tiers
+from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, FeatureRow, feature_values, risk_tiers
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, feeds, input_names, load_session
 from churn_assets.settings import MODEL_NAME, SERVICE_PORT, get_settings
 
@@ -85,7 +85,7 @@ class BatchRequest(_Request):
 
 
 class BatchRecords(msgspec.Struct, forbid_unknown_fields=True):
-    """``BatchRequest`` for msgspec: what lets a 1,000-record batch skip pydantic's 10 ms (``DirectApis``)."""
+    """``BatchRequest`` for msgspec, which ``DirectApis`` decodes a batch with: 2 ms for 1,000 records where pydantic takes 10."""
 
     records: Annotated[list[FeatureRow], msgspec.Meta(min_length=1, max_length=MAX_BATCH_RECORDS)]  # type: ignore[valid-type]
 
@@ -164,7 +164,7 @@ class ServedModel:
 
 @dataclass(frozen=True)
 class FeatureSnapshot:
-    """The ``online_features`` file as one dict per active user, keyed by user id."""
+    """The ``online_features`` file as one ``feature_values`` row per active user, keyed by user id."""
 
     date: str
     published_at: dt.datetime
@@ -176,11 +176,9 @@ class FeatureSnapshot:
         import pyarrow.parquet as pq
 
         table = pq.read_table(path, columns=["user_id", "snapshot_date", *FEATURE_COLUMNS])
-        rows = table.to_pylist()
-        date = str(rows[0]["snapshot_date"]) if rows else ""
-        records = {int(r.pop("user_id")): r for r in rows}
-        for r in records.values():
-            del r["snapshot_date"]
+        date = str(table["snapshot_date"][0]) if table.num_rows else ""
+        rows = zip(*(table[column].to_pylist() for column in FEATURE_COLUMNS), strict=True)
+        records = dict(zip(table["user_id"].to_pylist(), rows, strict=True))
         return cls(date, dt.datetime.fromtimestamp(signature[0] / 1e9, dt.UTC), records, signature)
 
 
@@ -293,8 +291,8 @@ class ChurnService:
         features = self.features
         return {"/predict_user": {"user_id": min(features.records)}} if features and features.records else {}
 
-    def _score(self, model: ServedModel, records: list[dict]) -> list[dict]:
-        probabilities = churn_probabilities(model.session, feeds(records))
+    def _score(self, model: ServedModel, rows: list[tuple]) -> list[dict]:
+        probabilities = churn_probabilities(model.session, feeds(rows))
         tiers = risk_tiers(probabilities, *model.thresholds).tolist()
         for tier in set(tiers):
             model.served[tier].inc(tiers.count(tier))
@@ -308,12 +306,12 @@ class ChurnService:
     @bentoml.api(input_spec=PredictRequest, output_spec=Prediction)
     async def predict(self, features: FeatureRecord) -> Response:  # type: ignore[valid-type]
         """Churn probability, risk tier and model version for one user's feature record."""
-        return _json(self._score(self.model, [features])[0])
+        return _json(self._score(self.model, [feature_values(features)])[0])
 
     @bentoml.api(input_spec=BatchRequest, output_spec=Predictions)
-    async def predict_batch(self, records: list[FeatureRecord]) -> Response:  # type: ignore[valid-type]
+    async def predict_batch(self, records: list[FeatureRow]) -> Response:  # type: ignore[valid-type]
         """The same for up to MAX_BATCH_RECORDS records, in request order."""
-        return _json(self._score(self.model, records))
+        return _json(self._score(self.model, list(map(msgspec.structs.astuple, records))))
 
     @bentoml.api(input_spec=UserRequest, output_spec=UserPrediction)
     async def predict_user(self, user_id: int) -> Response:
@@ -321,16 +319,17 @@ class ChurnService:
         model, snapshot = self.model, self.features
         if snapshot is None:
             return error_response(503, "no feature snapshot is published yet: materialize online_features")
-        record = snapshot.records.get(user_id)
-        if record is None:
+        row = snapshot.records.get(user_id)
+        if row is None:
             return error_response(
                 404, f"user_id {user_id} is not an active user in the feature snapshot of {snapshot.date}",
                 loc=("user_id",), type="not_found",
             )
-        return _json({**self._score(model, [record])[0], "user_id": user_id, "snapshot_date": snapshot.date})
+        return _json({**self._score(model, [row])[0], "user_id": user_id, "snapshot_date": snapshot.date})
 
 
-ChurnService.add_asgi_middleware(DirectApis, service=ChurnService, fast={"predict_batch": BatchRecords})
+FAST_DECODING = {"predict_batch": BatchRecords}
+ChurnService.add_asgi_middleware(DirectApis, service=ChurnService, fast=FAST_DECODING)
 
 
 def _json(body: dict | list) -> Response:

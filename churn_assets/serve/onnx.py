@@ -12,7 +12,7 @@ so two inputs instead of twenty-three cut a one-row call from about 28 to 17 mic
 
 from __future__ import annotations
 
-from operator import itemgetter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,9 +24,6 @@ ONNX_TOLERANCE = 1e-4
 NUMERIC_INPUT = "numeric"
 ONNX_INPUTS: tuple[str, ...] = (NUMERIC_INPUT, *CATEGORICAL_FEATURES)
 """The compiled model's inputs: an (n, len(NUMERIC_FEATURES)) float matrix, then one (n, 1) string column each."""
-
-_numeric_values = itemgetter(*NUMERIC_FEATURES)
-
 
 def compile_pipeline(pipeline) -> bytes:
     from onnx import TensorProto, compose, helper
@@ -53,13 +50,17 @@ def compile_pipeline(pipeline) -> bytes:
     return merged.SerializeToString()
 
 
-def feeds(rows: list[dict]) -> dict[str, np.ndarray]:
-    """onnxruntime inputs from feature records: the numeric matrix and one (n, 1) column per category."""
-    out = {NUMERIC_INPUT: np.array(list(map(_numeric_values, rows)), dtype=np.float32)}
-    for column in CATEGORICAL_FEATURES:
+def feeds(rows: Sequence[Sequence]) -> dict[str, np.ndarray]:
+    """onnxruntime inputs from rows of feature values in FEATURE_COLUMNS order (``feature_values``).
+
+    Rows rather than records: a batch validated by msgspec is already one tuple per record away.
+    """
+    numeric = len(NUMERIC_FEATURES)
+    out = {NUMERIC_INPUT: np.array([row[:numeric] for row in rows], dtype=np.float32)}
+    for position, column in enumerate(CATEGORICAL_FEATURES, numeric):
         # Filling an empty object array is ten times faster than building one from nested lists.
         values = np.empty((len(rows), 1), dtype=object)
-        values[:, 0] = [r[column] for r in rows]
+        values[:, 0] = [row[position] for row in rows]
         out[column] = values
     return out
 

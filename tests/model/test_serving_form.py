@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn_assets.contract import AMOUNT_FEATURES, COUNT_FEATURES, FEATURE_COLUMNS, risk_tiers
-from churn_assets.contract import PLANS
+from churn_assets.contract import AMOUNT_FEATURES, COUNT_FEATURES, FEATURE_COLUMNS, PLANS, feature_values, risk_tiers
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, compile_pipeline, feeds, input_names, load_session
 from churn_assets.train.candidates import gradient_boosting, logistic_regression
 
@@ -27,7 +26,7 @@ def test_the_onnx_form_takes_one_numeric_matrix_and_agrees_with_sklearn(candidat
     session = load_session(compile_pipeline(pipeline))
     unseen = _features(50, seed=2)
 
-    served = churn_probabilities(session, feeds(unseen.to_dict("records")))
+    served = churn_probabilities(session, feeds(list(map(feature_values, unseen.to_dict("records")))))
 
     assert input_names(session) == ONNX_INPUTS == ("numeric", "plan")
     assert np.abs(served - pipeline.predict_proba(unseen)[:, 1]).max() < 1e-5
