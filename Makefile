@@ -19,7 +19,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --quiet
 DBT := cd dbt_project && $(RUN) dbt
 
-.PHONY: help install manifest up dagster-home materialize ui test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
+.PHONY: help install manifest up dagster-home materialize ui lint test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,7 +47,11 @@ materialize: dagster-home  ## materialize the whole graph for the default histor
 ui: dagster-home  ## start the Dagster webserver and daemon (after the graph has run)
 	$(RUN) churnops start dagster daemon
 
-test: install  ## run the whole test suite
+lint: install  ## ruff (check and format) on the Python
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+test: install lint  ## lint, then run the whole test suite
 	$(RUN) pytest
 
 test-fast: install  ## run the tests not marked slow

@@ -38,6 +38,7 @@ import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 import duckdb
 import pandas as pd
@@ -45,8 +46,15 @@ import psutil
 
 TOLERANCE = 1e-3
 NIGHTLY_ASSETS = (
-    "raw_users", "staging/stg_users", "raw_events", "staging/stg_events", "intermediate/int_user_daily_activity",
-    "marts/fct_user_features", "churn_scores", "feature_drift", "drift_report",
+    "raw_users",
+    "staging/stg_users",
+    "raw_events",
+    "staging/stg_events",
+    "intermediate/int_user_daily_activity",
+    "marts/fct_user_features",
+    "churn_scores",
+    "feature_drift",
+    "drift_report",
 )
 """What one night brings up to date, as automation runs it: raw data to features, scores and drift."""
 SAMPLE_SECONDS = 0.25
@@ -56,19 +64,43 @@ EVENT_TYPES = [*ENGAGEMENT_EVENTS, "payment", "payment_failed"]
 WINDOWED = {
     7: ["active_days", "engagement_events", "lesson_views", "quiz_attempts", "video_minutes"],
     14: ["active_days", "engagement_events", "lesson_views", "video_minutes"],
-    30: ["active_days", "engagement_events", "lesson_views", "quiz_attempts", "video_minutes",
-         "payments", "failed_payments", "support_tickets"],
+    30: [
+        "active_days",
+        "engagement_events",
+        "lesson_views",
+        "quiz_attempts",
+        "video_minutes",
+        "payments",
+        "failed_payments",
+        "support_tickets",
+    ],
 }
 """Daily columns summed over the last N days (snapshot day included), named ``<column>_<N>d``."""
 FEATURES = [
-    "active_days_7d", "active_days_14d", "active_days_30d",
-    "engagement_events_7d", "engagement_events_14d", "engagement_events_30d",
-    "lesson_views_7d", "lesson_views_14d", "lesson_views_30d",
-    "quiz_attempts_7d", "quiz_attempts_30d",
-    "video_minutes_7d", "video_minutes_14d", "video_minutes_30d",
-    "engagement_trend_7d_30d", "lesson_trend_7d_30d",
-    "days_since_last_activity", "tenure_days", "plan", "acquisition_channel",
-    "payments_30d", "failed_payments_30d", "days_since_last_payment", "support_tickets_30d",
+    "active_days_7d",
+    "active_days_14d",
+    "active_days_30d",
+    "engagement_events_7d",
+    "engagement_events_14d",
+    "engagement_events_30d",
+    "lesson_views_7d",
+    "lesson_views_14d",
+    "lesson_views_30d",
+    "quiz_attempts_7d",
+    "quiz_attempts_30d",
+    "video_minutes_7d",
+    "video_minutes_14d",
+    "video_minutes_30d",
+    "engagement_trend_7d_30d",
+    "lesson_trend_7d_30d",
+    "days_since_last_activity",
+    "tenure_days",
+    "plan",
+    "acquisition_channel",
+    "payments_30d",
+    "failed_payments_30d",
+    "days_since_last_payment",
+    "support_tickets_30d",
 ]
 """fct_user_features' columns after the keys, in its order."""
 
@@ -135,7 +167,7 @@ class TreeMemory:
             self.peak_mb = max(self.peak_mb, total / 2**20)
             self._stop.wait(SAMPLE_SECONDS)
 
-    def __enter__(self) -> TreeMemory:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -396,29 +428,40 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, help="default: a fresh temporary folder, removed if all went well")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument(
-        "--no-cross-check", action="store_true",
+        "--no-cross-check",
+        action="store_true",
         help="skip the pandas recomputation (it holds the dense user x day grid: ~45 GB at 1M users)",
     )
     return parser.parse_args()
 
 
 def print_summary(report: dict) -> None:
-    print(f"\n=== summary: {report['users']:,} users x {report['days']} days, "
-          f"{report['events']:,} events, {report['feature_rows']:,} feature rows")
-    print(f"whole graph          {report['wall_s']:7.1f} s   peak RSS of the process tree {report['peak_rss_mb']:,.0f} MB")
-    print(f"daily increment      {report['daily_increment_s']:7.1f} s   peak RSS {report['daily_increment_peak_rss_mb']:,.0f} MB")
+    print(
+        f"\n=== summary: {report['users']:,} users x {report['days']} days, "
+        f"{report['events']:,} events, {report['feature_rows']:,} feature rows"
+    )
+    print(
+        f"whole graph          {report['wall_s']:7.1f} s   peak RSS of the process tree {report['peak_rss_mb']:,.0f} MB"
+    )
+    print(
+        f"daily increment      {report['daily_increment_s']:7.1f} s   peak RSS {report['daily_increment_peak_rss_mb']:,.0f} MB"
+    )
     print(f"dbt steps            {report['dbt_seconds']:7.1f} s   {', '.join(report['dbt_steps'])} (models and tests)")
     model = report["model"]
     print(f"training             {model['training_seconds']:7.1f} s   training_set + churn_model + production_model")
-    print(f"scoring              {model['scoring_seconds']:7.1f} s   {model['scored_rows']:,} user-days, "
-          f"{model['scored_rows_per_second']:,.0f} user-days/s (exports included)")
+    print(
+        f"scoring              {model['scoring_seconds']:7.1f} s   {model['scored_rows']:,} user-days, "
+        f"{model['scored_rows_per_second']:,.0f} user-days/s (exports included)"
+    )
     print(f"holdout metrics (both candidates):\n{model['holdout_metrics']}")
     notebook = report["notebook"]
     if notebook is None:
         print("cross-check          skipped")
         return
-    print(f"pandas, read+compute {notebook['seconds']:7.1f} s   "
-          f"peak heap {notebook['peak_heap_mb']:,.0f} MB (tracemalloc)")
+    print(
+        f"pandas, read+compute {notebook['seconds']:7.1f} s   "
+        f"peak heap {notebook['peak_heap_mb']:,.0f} MB (tracemalloc)"
+    )
     print(f"pandas / dbt steps   {notebook['seconds'] / report['dbt_seconds']:7.2f}x")
     print(f"cross-check          {'FAILED' if report['mismatches'] else 'passed'}")
 
@@ -471,9 +514,11 @@ def main() -> int:
         print("\nthe notebook way: pandas from raw.events and raw.users ...", flush=True)
         ours, notebook = run_notebook(warehouse)
         dbt = read_dbt_features(warehouse)
-        print(f"read {notebook['events']:,} events in {notebook['read_seconds']:.1f} s, "
-              f"features in {notebook['compute_seconds']:.1f} s, "
-              f"peak heap {notebook['peak_heap_mb']:,.0f} MB (tracemalloc, in a second run)")
+        print(
+            f"read {notebook['events']:,} events in {notebook['read_seconds']:.1f} s, "
+            f"features in {notebook['compute_seconds']:.1f} s, "
+            f"peak heap {notebook['peak_heap_mb']:,.0f} MB (tracemalloc, in a second run)"
+        )
         problems = mismatches(ours, dbt)
         if problems:
             print("pandas and dbt features DISAGREE; first mismatches:\n  " + "\n  ".join(problems))
@@ -481,13 +526,23 @@ def main() -> int:
             print(f"pandas and dbt features agree on {len(dbt):,} rows")
 
     report = {
-        "users": args.users, "days": args.days, "seed": args.seed, "events": events, "feature_rows": feature_rows,
-        "wall_s": run_seconds, "peak_rss_mb": memory.peak_mb,
+        "users": args.users,
+        "days": args.days,
+        "seed": args.seed,
+        "events": events,
+        "feature_rows": feature_rows,
+        "wall_s": run_seconds,
+        "peak_rss_mb": memory.peak_mb,
         "step_seconds": {step["step"]: step.get("seconds") for step in steps},
-        "daily_increment_s": night_seconds, "daily_increment_peak_rss_mb": night_memory.peak_mb,
+        "daily_increment_s": night_seconds,
+        "daily_increment_peak_rss_mb": night_memory.peak_mb,
         "daily_increment_step_seconds": {step["step"]: step.get("seconds") for step in night_steps},
-        "steps": steps, "dbt_steps": [step["step"] for step in dbt_steps], "dbt_seconds": dbt_seconds,
-        "notebook": notebook, "mismatches": problems, "model": model_stats(steps),
+        "steps": steps,
+        "dbt_steps": [step["step"] for step in dbt_steps],
+        "dbt_seconds": dbt_seconds,
+        "notebook": notebook,
+        "mismatches": problems,
+        "model": model_stats(steps),
     }
     print_summary(report)
     if args.json:

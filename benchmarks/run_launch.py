@@ -49,13 +49,18 @@ def _wait_for(url: str, timeout_s: float = 300) -> None:
 def _launch(webserver: str, asset: str) -> str:
     params = {
         "selector": {
-            "repositoryLocationName": "churn_assets", "repositoryName": "__repository__",
-            "pipelineName": "__ASSET_JOB", "assetSelection": [{"path": [asset]}], "assetCheckSelection": [],
+            "repositoryLocationName": "churn_assets",
+            "repositoryName": "__repository__",
+            "pipelineName": "__ASSET_JOB",
+            "assetSelection": [{"path": [asset]}],
+            "assetCheckSelection": [],
         },
         "mode": "default",
         "executionMetadata": {"tags": []},
     }
-    answer = httpx.post(f"{webserver}/graphql", json={"query": LAUNCH, "variables": {"params": params}}, timeout=60).json()
+    answer = httpx.post(
+        f"{webserver}/graphql", json={"query": LAUNCH, "variables": {"params": params}}, timeout=60
+    ).json()
     launched = answer["data"]["launchPipelineExecution"]
     if "run" not in launched:
         raise RuntimeError(launched)
@@ -90,15 +95,21 @@ def main() -> int:
     data_dir = Path(args.data_dir).resolve()
     port = _free_port()
     env = {
-        **os.environ, "CHURNOPS_DATA_DIR": str(data_dir), "DAGSTER_HOME": str(data_dir / "dagster_home"),
+        **os.environ,
+        "CHURNOPS_DATA_DIR": str(data_dir),
+        "DAGSTER_HOME": str(data_dir / "dagster_home"),
         "CHURNOPS_DAGSTER_PORT": str(port),
     }
     os.environ.update(env)
     import dagster as dg
 
     surfaces = subprocess.Popen(
-        [str(Path(sys.executable).with_name("churnops")), "start", "dagster", "daemon"], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [str(Path(sys.executable).with_name("churnops")), "start", "dagster", "daemon"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     webserver = f"http://127.0.0.1:{port}"
     try:
@@ -113,15 +124,20 @@ def main() -> int:
             if run.status != dg.DagsterRunStatus.SUCCESS:
                 raise RuntimeError(f"run {run_id} ended {run.status.value}")
             phases.append(_timeline(instance, run_id, clicked, time.time()))
-            print("  ".join(f"{name} {seconds:5.1f} s" for name, seconds in phases[-1].items())
-                  + f"  wall/step {phases[-1]['wall'] / phases[-1]['step']:.1f}", flush=True)
+            print(
+                "  ".join(f"{name} {seconds:5.1f} s" for name, seconds in phases[-1].items())
+                + f"  wall/step {phases[-1]['wall'] / phases[-1]['step']:.1f}",
+                flush=True,
+            )
     finally:
         os.killpg(surfaces.pid, signal.SIGINT)
         surfaces.wait(timeout=60)
     median = {name: statistics.median(p[name] for p in phases) for name in phases[0]}
-    print(f"\n{args.asset}, median of {args.runs} UI-style launches: "
-          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in median.items())
-          + f"; run wall time / step time {median['wall'] / median['step']:.1f}")
+    print(
+        f"\n{args.asset}, median of {args.runs} UI-style launches: "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in median.items())
+        + f"; run wall time / step time {median['wall'] / median['step']:.1f}"
+    )
     return 0
 
 

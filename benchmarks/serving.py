@@ -119,7 +119,9 @@ class _Connections:
 
 
 def _pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else values[0] * 1000
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else values[0] * 1000
+    )
 
 
 WATCHER_OFF_S = "1e9"
@@ -149,8 +151,10 @@ def _start_server(port: int, workers: int, env: dict) -> subprocess.Popen:
     while time.monotonic() < deadline:
         try:
             if asyncio.run(answers_ready()):
-                print(f"server ready in {time.monotonic() - started:.1f}s ({workers} worker(s), "
-                      f"watcher polling every {env.get('CHURNOPS_SERVICE_POLL_SECONDS', '2')} s)")
+                print(
+                    f"server ready in {time.monotonic() - started:.1f}s ({workers} worker(s), "
+                    f"watcher polling every {env.get('CHURNOPS_SERVICE_POLL_SECONDS', '2')} s)"
+                )
                 return process
         except (OSError, RuntimeError, asyncio.IncompleteReadError):
             time.sleep(0.2)
@@ -161,7 +165,11 @@ def _start_server(port: int, workers: int, env: dict) -> subprocess.Popen:
 def _worker_cpu_seconds(server: subprocess.Popen) -> list[float]:
     import psutil
 
-    workers = [p for p in psutil.Process(server.pid).children(recursive=True) if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+    workers = [
+        p
+        for p in psutil.Process(server.pid).children(recursive=True)
+        if "_bentoml_impl.worker" in " ".join(p.cmdline())
+    ]
     return [sum(p.cpu_times()[:2]) for p in sorted(workers, key=lambda p: p.pid)]
 
 
@@ -240,11 +248,15 @@ async def _measure(ports: dict[str, int], server: subprocess.Popen, records: lis
     watched.close()
     unwatched.close()
 
-    batches = await _batch_rounds(ports["main"], batch, sorted({1, args.workers, args.workers + 1}), args.batches, BATCH_ROUNDS)
+    batches = await _batch_rounds(
+        ports["main"], batch, sorted({1, args.workers, args.workers + 1}), args.batches, BATCH_ROUNDS
+    )
     return sequential, rounds, cpu_used, watcher, batches
 
 
-async def _batch_rounds(port: int, request: bytes, concurrencies: list[int], total: int, rounds: int) -> dict[int, list[tuple[float, list[float]]]]:
+async def _batch_rounds(
+    port: int, request: bytes, concurrencies: list[int], total: int, rounds: int
+) -> dict[int, list[tuple[float, list[float]]]]:
     """Batches at each concurrency in alternating rounds, each batch on a connection of its own.
 
     On kept-alive connections a batch goes to whichever worker accepted the connection, and two of
@@ -284,8 +296,10 @@ def _print_rounds(rounds: dict) -> None:
     for name, per_round in rounds.items():
         pooled = _pooled(per_round)
         rates = ", ".join(f"{rate:.0f}" for rate, _ in per_round)
-        print(f"  {name:<22} median {statistics.median(r for r, _ in per_round):6.0f} req/s ({rates})   "
-              f"p50 {_pct(pooled, 50):6.2f} ms   p99 {_pct(pooled, 99):6.2f} ms")
+        print(
+            f"  {name:<22} median {statistics.median(r for r, _ in per_round):6.0f} req/s ({rates})   "
+            f"p50 {_pct(pooled, 50):6.2f} ms   p99 {_pct(pooled, 99):6.2f} ms"
+        )
 
 
 def _pooled(per_round: list[tuple[float, list[float]]]) -> list[float]:
@@ -305,7 +319,9 @@ def main() -> int:
 
     data_dir = Path(args.data_dir).resolve()
     env = {
-        **os.environ, "CHURNOPS_DATA_DIR": str(data_dir), "BENTOML_DO_NOT_TRACK": "true",
+        **os.environ,
+        "CHURNOPS_DATA_DIR": str(data_dir),
+        "BENTOML_DO_NOT_TRACK": "true",
         "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(data_dir / "bentoml")),
     }
     os.environ.update(env)
@@ -338,15 +354,19 @@ def main() -> int:
     print(f"the hot-swap watcher, two 1-worker servers, {args.rounds} alternating rounds:")
     _print_rounds(watcher_rounds)
     watcher, watcher_ratios = _median_ratio(watcher_rounds, "/predict, watcher on", "/predict, watcher off")
-    print(f"  with the watcher /predict runs at {watcher:.0%} of the server without it, median of rounds "
-          f"({', '.join(f'{r:.0%}' for r in watcher_ratios)})")
+    print(
+        f"  with the watcher /predict runs at {watcher:.0%} of the server without it, median of rounds "
+        f"({', '.join(f'{r:.0%}' for r in watcher_ratios)})"
+    )
     print(f"/predict_batch, {len(records)} records a batch, {BATCH_ROUNDS} alternating rounds, a connection per batch:")
     batch_rows = {}
     for concurrency, per_round in batches.items():
         batch_rows[concurrency] = statistics.median(rate for rate, _ in per_round) * len(records)
         rates = ", ".join(f"{rate * len(records):,.0f}" for rate, _ in per_round)
-        print(f"  concurrency {concurrency}: median {batch_rows[concurrency]:,.0f} rows/s ({rates}), "
-              f"p50 {_pct(_pooled(per_round), 50):.1f} ms per batch")
+        print(
+            f"  concurrency {concurrency}: median {batch_rows[concurrency]:,.0f} rows/s ({rates}), "
+            f"p50 {_pct(_pooled(per_round), 50):.1f} ms per batch"
+        )
     for name, ms in floor.items():
         print(f"in-process predict_proba, {name}: {ms:.3f} ms")
 
@@ -356,8 +376,14 @@ def main() -> int:
     goals = {
         f"/predict at >= 60% of /livez throughput ({ratio:.0%})": ratio >= 0.6,
         f"/predict p99 <= 2x /livez p99 ({p99:.1f} vs {livez_p99:.1f} ms)": p99 <= 2 * livez_p99,
-        f"1,000-record batch >= 60k rows/s ({batch_rows[best_concurrency]:,.0f} at concurrency {best_concurrency})": batch_rows[best_concurrency] >= 60_000,
-        f"watcher cost within the rounds' spread ({watcher:.0%}, rounds {spread[0]:.0%}-{spread[1]:.0%})": spread[0] <= 1 <= spread[1] or watcher >= 1,
+        f"1,000-record batch >= 60k rows/s ({batch_rows[best_concurrency]:,.0f} at concurrency {best_concurrency})": batch_rows[
+            best_concurrency
+        ]
+        >= 60_000,
+        f"watcher cost within the rounds' spread ({watcher:.0%}, rounds {spread[0]:.0%}-{spread[1]:.0%})": spread[0]
+        <= 1
+        <= spread[1]
+        or watcher >= 1,
     }
     print("\ngoals:")
     for goal, met in goals.items():

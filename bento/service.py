@@ -44,7 +44,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bento.surface import DirectApis, GuardedService, error_response, printable
-from churn_assets.contract import FEATURE_COLUMNS, MAX_BATCH_RECORDS, RISK_TIERS, FeatureRecord, FeatureRow, feature_values, risk_tiers
+from churn_assets.contract import (
+    FEATURE_COLUMNS,
+    MAX_BATCH_RECORDS,
+    RISK_TIERS,
+    FeatureRecord,
+    FeatureRow,
+    feature_values,
+    risk_tiers,
+)
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, feeds, input_names, load_session
 from churn_assets.settings import MODEL_NAME, SERVICE_PORT, get_settings
 
@@ -132,7 +140,9 @@ class ServedModel:
         model = bentoml.models.get(tag)
         metadata = model.info.metadata
         if metadata.get("feature_columns") != list(FEATURE_COLUMNS):
-            raise RuntimeError(f"{model.tag} was trained on {metadata.get('feature_columns')}, the contract says {list(FEATURE_COLUMNS)}")
+            raise RuntimeError(
+                f"{model.tag} was trained on {metadata.get('feature_columns')}, the contract says {list(FEATURE_COLUMNS)}"
+            )
         compiled = model.custom_objects["onnx_model"]
         session = load_session(compiled)
         if input_names(session) != ONNX_INPUTS:
@@ -141,7 +151,8 @@ class ServedModel:
                 f"{ONNX_INPUTS}: re-materialize bento_model to export it again"
             )
         thresholds = metadata.get("risk_thresholds") or {
-            "medium": SETTINGS.medium_risk_threshold, "high": SETTINGS.high_risk_threshold
+            "medium": SETTINGS.medium_risk_threshold,
+            "high": SETTINGS.high_risk_threshold,
         }
         version = int(model.info.labels["mlflow_version"])
         trained_at = metadata.get("trained_at")
@@ -230,7 +241,7 @@ class ChurnService:
             for refresh in (self._refresh_model, self._refresh_features):
                 try:
                     swapped = refresh()
-                except Exception as error:  # a bad export must never take down the model being served
+                except Exception as error:  # noqa: BLE001 - a bad export must never take down the model being served
                     text = f"{refresh.__name__}: {error}"
                     if text not in failed:
                         failed.add(text)
@@ -268,11 +279,15 @@ class ChurnService:
         model, features = self.model, self.features
         degraded = []
         if now - model.trained_at > MODEL_MAX_AGE:
-            degraded.append(f"the model was trained {model.trained_at:%Y-%m-%d %H:%M} UTC, over {MODEL_MAX_AGE.days} days ago")
+            degraded.append(
+                f"the model was trained {model.trained_at:%Y-%m-%d %H:%M} UTC, over {MODEL_MAX_AGE.days} days ago"
+            )
         if features is None:
             degraded.append(f"no feature snapshot at {SETTINGS.online_features_path}: materialize online_features")
         elif now - features.published_at > SNAPSHOT_MAX_AGE:
-            degraded.append(f"the feature snapshot was published over {SNAPSHOT_MAX_AGE.total_seconds() / 3600:.0f} h ago")
+            degraded.append(
+                f"the feature snapshot was published over {SNAPSHOT_MAX_AGE.total_seconds() / 3600:.0f} h ago"
+            )
         return {
             "status": "degraded" if degraded else "ok",
             "degraded_because": degraded,
@@ -322,8 +337,10 @@ class ChurnService:
         row = snapshot.records.get(user_id)
         if row is None:
             return error_response(
-                404, f"user_id {user_id} is not an active user in the feature snapshot of {snapshot.date}",
-                loc=("user_id",), type="not_found",
+                404,
+                f"user_id {user_id} is not an active user in the feature snapshot of {snapshot.date}",
+                loc=("user_id",),
+                type="not_found",
             )
         return _json({**self._score(model, [row])[0], "user_id": user_id, "snapshot_date": snapshot.date})
 

@@ -69,7 +69,9 @@ class ErrorBody(BaseModel):
     detail: list[FieldError] = Field(default_factory=list)
 
 
-def error_response(status: int, error: str, *, loc: tuple = (), type: str = "", headers: dict | None = None) -> Response:
+def error_response(
+    status: int, error: str, *, loc: tuple = (), type: str = "", headers: dict | None = None
+) -> Response:
     detail = [{"loc": list(loc), "msg": error, "type": type}] if loc else []
     return Response(json.dumps({"error": error, "detail": detail}).encode(), status, headers, JSON)
 
@@ -128,7 +130,9 @@ class Refusal:
         refused.labels(reason=self.reason).inc()
         if REJECTIONS.allow():
             logger.warning("Rejected request on %s: %s", printable(path), printable(self.error))
-        await error_response(self.status, self.error, loc=self.loc, type=self.type, headers=self.headers)(scope, receive, send)
+        await error_response(self.status, self.error, loc=self.loc, type=self.type, headers=self.headers)(
+            scope, receive, send
+        )
 
 
 TOO_LARGE = Refusal("body_too_large", 413, f"the request body is over {MAX_BODY_BYTES} bytes", ("body",), "too_large")
@@ -219,7 +223,9 @@ class Guard:
         path, method = scope["path"], scope["method"]
         refusal = None
         if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
-            refusal = Refusal("headers_too_large", 431, f"request headers are over {MAX_HEADER_BYTES} bytes", ("header",), "too_large")
+            refusal = Refusal(
+                "headers_too_large", 431, f"request headers are over {MAX_HEADER_BYTES} bytes", ("header",), "too_large"
+            )
         elif path in self.api_paths:
             refusal = self._refusal_for_api_call(scope, method)
             if refusal is None:
@@ -229,7 +235,12 @@ class Guard:
         elif path not in self.known_paths:
             refusal = Refusal("unknown_path", 404, f"no such path: {path}", ("path",), "not_found")
         elif method in ("GET", "HEAD") and path == "/":
-            await self._page(send, SWAGGER_PAGE.read_bytes(), "text/html; charset=utf-8", {"content-security-policy": SAME_ORIGIN_ONLY})
+            await self._page(
+                send,
+                SWAGGER_PAGE.read_bytes(),
+                "text/html; charset=utf-8",
+                {"content-security-policy": SAME_ORIGIN_ONLY},
+            )
             return
         elif method in ("GET", "HEAD") and path == "/docs.json":
             await self._page(send, self.docs(), JSON, {})
@@ -242,13 +253,23 @@ class Guard:
     @staticmethod
     def _refusal_for_api_call(scope, method: str) -> Refusal | None:
         if method != "POST":
-            return Refusal("method_not_allowed", 405, f"{method} is not allowed here; send a POST", ("method",), "method_not_allowed", {"allow": "POST"})
+            return Refusal(
+                "method_not_allowed",
+                405,
+                f"{method} is not allowed here; send a POST",
+                ("method",),
+                "method_not_allowed",
+                {"allow": "POST"},
+            )
         headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         if content_type.split(";")[0].strip().lower() != JSON:
             return Refusal(
-                "unsupported_media_type", 415, f"Content-Type must be {JSON}, not {content_type or 'missing'}",
-                ("header", "content-type"), "unsupported_media_type",
+                "unsupported_media_type",
+                415,
+                f"Content-Type must be {JSON}, not {content_type or 'missing'}",
+                ("header", "content-type"),
+                "unsupported_media_type",
             )
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
@@ -271,15 +292,19 @@ class Guard:
         return self._docs[1]
 
 
-
-
 async def _read_body(receive) -> tuple[bytes, Refusal | None]:
     """The whole body, or a 413 as soon as it grows past the limit (a chunked body has no length to check first)."""
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"", Refusal("client_disconnected", 400, "the client disconnected before sending the whole body", ("body",), "disconnected")
+            return b"", Refusal(
+                "client_disconnected",
+                400,
+                "the client disconnected before sending the whole body",
+                ("body",),
+                "disconnected",
+            )
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
@@ -313,7 +338,9 @@ def _fixed_paths(app) -> frozenset[str]:
             paths.update(prefix + sub.path for sub in route.app.routes if isinstance(sub, Route))
         elif isinstance(route, Mount) and getattr(route.app, "directory", None):
             directory = Path(route.app.directory)
-            paths.update(f"{route.path}/{f.relative_to(directory).as_posix()}" for f in directory.rglob("*") if f.is_file())
+            paths.update(
+                f"{route.path}/{f.relative_to(directory).as_posix()}" for f in directory.rglob("*") if f.is_file()
+            )
     return frozenset(paths)
 
 
@@ -350,9 +377,9 @@ def openapi(spec: dict, api_paths: set[str], description: str, examples: dict[st
         if path in (examples or {}):
             operation["requestBody"]["content"][JSON]["example"] = examples[path]
         responses = {"200": operation["responses"].get("200") or operation["responses"][200]}
-        for status, description in {**answers, **_extra_answers(path)}.items():
+        for status, meaning in {**answers, **_extra_answers(path)}.items():
             responses[str(status)] = {
-                "description": description,
+                "description": meaning,
                 "content": {JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
             }
         operation["responses"] = responses

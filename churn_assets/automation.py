@@ -51,9 +51,10 @@ FOLLOW_CHAMPION = FOLLOW_UPSTREAM.replace(
 )
 CHECK_WITH_ITS_MODEL = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
 """dbt tests are checks a run may leave out: they are requested whenever their model is."""
-WITH_THE_TRAINING_SET = dg.AutomationCondition.any_deps_match(
-    dg.AutomationCondition.will_be_requested()
-) & ~dg.AutomationCondition.in_progress()
+WITH_THE_TRAINING_SET = (
+    dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+    & ~dg.AutomationCondition.in_progress()
+)
 """The model stages run in the tick their training set is due, never later on their own.
 
 The retrain job updates training_set, churn_model and production_model in one run. An eager
@@ -166,7 +167,9 @@ def decide_retrain(instance: dg.DagsterInstance) -> RetrainDecision:
     for key in RETRAIN_TRIGGERS:
         record, in_flight = _latest_evaluation(instance, key)
         if in_flight is not None:
-            return RetrainDecision(None, f"waiting for run {in_flight}, which evaluates {key.to_user_string()}", in_flight)
+            return RetrainDecision(
+                None, f"waiting for run {in_flight}, which evaluates {key.to_user_string()}", in_flight
+            )
         evaluation = record.evaluation if record else None
         if evaluation is None or evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
             continue
@@ -211,11 +214,15 @@ def retrain_on_failed_checks(context: dg.SensorEvaluationContext):
     return [decision.request]
 
 
-@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, description="Writes failed runs to logs/incidents.log.")
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING, description="Writes failed runs to logs/incidents.log."
+)
 def record_failed_runs(context: dg.RunFailureSensorContext):
     step_failures = "; ".join(
         f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[0]}"
         for e in context.get_step_failure_events()
         if e.event_specific_data and e.event_specific_data.error
     )
-    record_incident(f"run {context.dagster_run.run_id} ({context.dagster_run.job_name}) failed: {step_failures or context.failure_event.message}")
+    record_incident(
+        f"run {context.dagster_run.run_id} ({context.dagster_run.job_name}) failed: {step_failures or context.failure_event.message}"
+    )

@@ -71,27 +71,59 @@ def surfaces(settings: Settings, where: Surfaces) -> list[Surface]:
     host = where.host
     return [
         Surface(
-            "dagster", "Dagster UI", where.dagster_port, "/server_info",
+            "dagster",
+            "Dagster UI",
+            where.dagster_port,
+            "/server_info",
             (_bin("dagster-webserver"), "-w", "workspace.yaml", "-h", host, "-p", str(where.dagster_port)),
             note="assets, lineage, checks; Runs lists this bring-up as bring_up",
         ),
         Surface("daemon", "Dagster daemon", 0, "", (_bin("dagster-daemon"), "run", "-w", "workspace.yaml")),
         Surface(
-            "service", "Churn service", where.service_port, "/readyz",
+            "service",
+            "Churn service",
+            where.service_port,
+            "/readyz",
             (_bin("bentoml"), "serve", "bento.service:ChurnService", "--host", host, "--port", str(where.service_port)),
             note="Swagger UI; GET /model says what is served",
         ),
         Surface(
-            "mlflow", "MLflow", where.mlflow_port, "/health",
+            "mlflow",
+            "MLflow",
+            where.mlflow_port,
+            "/health",
             (
-                _bin("mlflow"), "server", "--backend-store-uri", settings.mlflow_tracking_uri,
-                "--default-artifact-root", settings.mlflow_artifact_location, "--host", host, "--port", str(where.mlflow_port),
-                "--workers", "1",
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.mlflow_tracking_uri,
+                "--default-artifact-root",
+                settings.mlflow_artifact_location,
+                "--host",
+                host,
+                "--port",
+                str(where.mlflow_port),
+                "--workers",
+                "1",
             ),
             note="runs, metrics and the registered model",
         ),
-        Surface("docs", "dbt docs", where.docs_port, "/index.html", directory=DBT_PROJECT_DIR / "target", note="every model and feature defined"),
-        Surface("reports", "Drift reports", where.reports_port, "/", directory=settings.reports_dir, note="Evidently's report of each monitored day"),
+        Surface(
+            "docs",
+            "dbt docs",
+            where.docs_port,
+            "/index.html",
+            directory=DBT_PROJECT_DIR / "target",
+            note="every model and feature defined",
+        ),
+        Surface(
+            "reports",
+            "Drift reports",
+            where.reports_port,
+            "/",
+            directory=settings.reports_dir,
+            note="Evidently's report of each monitored day",
+        ),
     ]
 
 
@@ -127,7 +159,9 @@ class _Progress:
             self.out.flush()
 
     def _on(self, entry) -> None:
-        self.log.write(f"{dt.datetime.fromtimestamp(entry.timestamp):%H:%M:%S} {entry.step_key or '':<24} {entry.message}\n")
+        self.log.write(
+            f"{dt.datetime.fromtimestamp(entry.timestamp):%H:%M:%S} {entry.step_key or '':<24} {entry.message}\n"
+        )
         event = entry.dagster_event
         if event is None:
             return
@@ -153,7 +187,9 @@ def _wrote(name: str, rows: int | None, materializations: int) -> str:
     return f"{name} {rows:,} rows{days}" if rows is not None else f"{name}{days}"
 
 
-def materialize_everything(settings: Settings, instance: dg.DagsterInstance, log_dir: Path) -> dg.ExecuteInProcessResult:
+def materialize_everything(
+    settings: Settings, instance: dg.DagsterInstance, log_dir: Path
+) -> dg.ExecuteInProcessResult:
     """The bring-up run: ``bring_up`` over the whole history, as one run the UI lists by name."""
     from dagster._core.utils import make_new_run_id
 
@@ -192,12 +228,18 @@ def _file_under_the_code_location(instance: dg.DagsterInstance, run_id: str) -> 
     """
     import yaml
     from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
-    from dagster._core.remote_origin import ManagedGrpcPythonEnvCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.remote_origin import (
+        ManagedGrpcPythonEnvCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
     (location,) = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())["load_from"]
     module = location["python_module"]
-    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=module["module_name"], working_directory=str(PROJECT_ROOT))
+    target = LoadableTargetOrigin(
+        executable_path=sys.executable, module_name=module["module_name"], working_directory=str(PROJECT_ROOT)
+    )
     code_location = ManagedGrpcPythonEnvCodeLocationOrigin(target, location_name=module["location_name"])
     origin = RemoteJobOrigin(RemoteRepositoryOrigin(code_location, SINGLETON_REPOSITORY_NAME), BRING_UP_JOB)
     instance.run_storage.replace_job_origin(instance.get_run_by_id(run_id), origin)
@@ -219,10 +261,17 @@ def _stderr_into(log: TextIO):
 
 def write_dbt_docs(settings: Settings, log_dir: Path) -> bool:
     with open(log_dir / "dbt_docs.log", "w") as log:
-        return subprocess.run(
-            [_bin("dbt"), "docs", "generate"], cwd=DBT_PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, **settings.subprocess_env()},
-        ).returncode == 0
+        return (
+            subprocess.run(
+                [_bin("dbt"), "docs", "generate"],
+                cwd=DBT_PROJECT_DIR,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **settings.subprocess_env()},
+                check=False,
+            ).returncode
+            == 0
+        )
 
 
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
@@ -245,7 +294,12 @@ class Supervisor:
         self.sites: list[_Site] = []
 
     def start(self, chosen: list[Surface]) -> None:
-        env = {**os.environ, **self.settings.subprocess_env(), **QUIET_ENV, "DAGSTER_HOME": str(self.settings.dagster_home)}
+        env = {
+            **os.environ,
+            **self.settings.subprocess_env(),
+            **QUIET_ENV,
+            "DAGSTER_HOME": str(self.settings.dagster_home),
+        }
         for surface in chosen:
             if surface.directory is not None:
                 surface.directory.mkdir(parents=True, exist_ok=True)
@@ -257,8 +311,13 @@ class Supervisor:
             log = open(self.log_path(surface), "w")  # noqa: SIM115 - closed in stop(), once the child has ended
             self.logs.append(log)
             self.processes[surface.name] = subprocess.Popen(
-                surface.command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                surface.command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def log_path(self, surface: Surface) -> Path:
@@ -273,7 +332,9 @@ class Supervisor:
             for surface in list(pending):
                 process = self.processes.get(surface.name)
                 if process is not None and process.poll() is not None:
-                    failed.append(f"{surface.name} stopped (exit code {process.returncode}); see {self.log_path(surface)}")
+                    failed.append(
+                        f"{surface.name} stopped (exit code {process.returncode}); see {self.log_path(surface)}"
+                    )
                     pending.remove(surface)
                 elif _answers(self.where.url(surface.port) + surface.ready_path):
                     pending.remove(surface)
@@ -346,7 +407,10 @@ def serve_until_stopped(settings: Settings, keys: list[str] | None = None, banne
             for name in set(supervisor.stopped()) - reported:
                 reported.add(name)
                 surface = next(s for s in chosen if s.name == name)
-                print(f"{name} stopped (exit code {supervisor.processes[name].returncode}); see {supervisor.log_path(surface)}", flush=True)
+                print(
+                    f"{name} stopped (exit code {supervisor.processes[name].returncode}); see {supervisor.log_path(surface)}",
+                    flush=True,
+                )
             time.sleep(1)
     except _Stop as stop:
         print(f"\n{stop}: stopping everything make up started ...", flush=True)
@@ -369,8 +433,10 @@ def _addresses(settings: Settings, where: Surfaces, chosen: list[Surface]) -> st
         f"  {'Warehouse':<14} {settings.warehouse_path}",
         f"  {'Logs':<14} {settings.data_dir / 'logs'}",
         "",
-        "Ports: set CHURNOPS_DAGSTER_PORT, CHURNOPS_SERVICE_PORT, CHURNOPS_MLFLOW_PORT, CHURNOPS_DOCS_PORT or "
-        "CHURNOPS_REPORTS_PORT (and CHURNOPS_HOST) before make up.",
+        (
+            "Ports: set CHURNOPS_DAGSTER_PORT, CHURNOPS_SERVICE_PORT, CHURNOPS_MLFLOW_PORT, CHURNOPS_DOCS_PORT or "
+            "CHURNOPS_REPORTS_PORT (and CHURNOPS_HOST) before make up."
+        ),
         "Ctrl+C stops everything make up started.",
     ]
     return "\n".join(lines)

@@ -19,7 +19,6 @@ from churn_assets.bringup import QUIET_ENV, surfaces
 from churn_assets.incidents import incident_log
 from churn_assets.settings import LOW_VOLUME_TAG, MODEL_NAME, Surfaces, get_settings
 
-
 DRIFT_DEMO_DAYS = 14
 RETRAIN_WAIT_S = 30 * 60
 DRIFT_DEMO_SELECTION = "group:ingest or group:transform or group:score or group:monitor"
@@ -67,7 +66,10 @@ def materialize_history(
     tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One in-process run over a partition range: one DuckDB writer, and one run in the UI, not N."""
-    window = {"dagster/asset_partition_range_start": start.isoformat(), "dagster/asset_partition_range_end": end.isoformat()}
+    window = {
+        "dagster/asset_partition_range_start": start.isoformat(),
+        "dagster/asset_partition_range_end": end.isoformat(),
+    }
     return _run_in_process(selection, {**(tags or {}), **window}, resources, instance)
 
 
@@ -178,7 +180,10 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     resources, instance = build_resources(settings), dg.DagsterInstance.get()
 
     refreshed_at = time.time()
-    print(f"1/3 drift switch on from {start}: regenerating {start} .. {end} and refreshing everything downstream", flush=True)
+    print(
+        f"1/3 drift switch on from {start}: regenerating {start} .. {end} and refreshing everything downstream",
+        flush=True,
+    )
     result = materialize_history(start, end, DRIFT_DEMO_SELECTION, resources=resources, instance=instance)
     _print_failed_checks(result)
     if not result.success:
@@ -196,7 +201,9 @@ def _cmd_drift_demo(args: argparse.Namespace) -> int:
     elif previous is not None and previous.create_timestamp.timestamp() >= refreshed_at:
         run = previous.dagster_run
         print(f"    the daemon's retrain sensor already launched run {run.run_id} for this drift", flush=True)
-        print("3/3 waiting for that retrain: training_set -> churn_model -> production_model -> bento_model", flush=True)
+        print(
+            "3/3 waiting for that retrain: training_set -> churn_model -> production_model -> bento_model", flush=True
+        )
         run = wait_for_run(instance, run.run_id)
     else:
         print(f"    no retrain: {decision.reason}")
@@ -225,7 +232,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    print(f"1/3 the whole graph, {settings.start_date} .. {settings.history_end}, as run bring_up (full log: {log_dir / 'bring_up.log'})", flush=True)
+    print(
+        f"1/3 the whole graph, {settings.start_date} .. {settings.history_end}, as run bring_up (full log: {log_dir / 'bring_up.log'})",
+        flush=True,
+    )
     result = materialize_everything(settings, dg.DagsterInstance.get(), log_dir)
     failed_checks = _print_failed_checks(result)
     _print_failed_steps(result)
@@ -306,12 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     materialize.add_argument("--start", help="first day (default: CHURNOPS_START_DATE)")
     materialize.add_argument("--end", help="last day (default: yesterday)")
     materialize.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE", type=_tag,
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_tag,
         help=f"a run tag, repeatable (e.g. {LOW_VOLUME_TAG}=true to accept a low-volume delivery)",
     )
     materialize.set_defaults(func=_cmd_materialize)
     demo = commands.add_parser(
-        "drift-demo", help="switch the generator's drift on, refresh, let the retrain sensor tick, show the gate's decision"
+        "drift-demo",
+        help="switch the generator's drift on, refresh, let the retrain sensor tick, show the gate's decision",
     )
     demo.add_argument("--start", help=f"first drifted day (default: the last {DRIFT_DEMO_DAYS} days up to yesterday)")
     demo.set_defaults(func=_cmd_drift_demo)

@@ -61,16 +61,35 @@ MAX_BATCH_RECORDS = 1000
 LABEL_COLUMN = "churned"
 
 
-FEATURE_DEFINITIONS = Path(__file__).resolve().parent.parent / "dbt_project" / "models" / "marts" / "fct_user_features.yml"
+FEATURE_DEFINITIONS = (
+    Path(__file__).resolve().parent.parent / "dbt_project" / "models" / "marts" / "fct_user_features.yml"
+)
 """Where every feature is defined (the dbt docs); the Bento ships this file too."""
 
 EXAMPLE_RECORD: dict = {
-    "active_days_7d": 1, "active_days_14d": 3, "active_days_30d": 9, "engagement_events_7d": 2,
-    "engagement_events_14d": 9, "engagement_events_30d": 31, "lesson_views_7d": 1, "lesson_views_14d": 5,
-    "lesson_views_30d": 17, "quiz_attempts_7d": 0, "quiz_attempts_30d": 2, "days_since_last_activity": 6,
-    "tenure_days": 95, "payments_30d": 1, "failed_payments_30d": 1, "days_since_last_payment": 12,
-    "support_tickets_30d": 1, "video_minutes_7d": 0.0, "video_minutes_14d": 14.5, "video_minutes_30d": 80.0,
-    "engagement_trend_7d_30d": 0.2765, "lesson_trend_7d_30d": 0.2521, "plan": "pro",
+    "active_days_7d": 1,
+    "active_days_14d": 3,
+    "active_days_30d": 9,
+    "engagement_events_7d": 2,
+    "engagement_events_14d": 9,
+    "engagement_events_30d": 31,
+    "lesson_views_7d": 1,
+    "lesson_views_14d": 5,
+    "lesson_views_30d": 17,
+    "quiz_attempts_7d": 0,
+    "quiz_attempts_30d": 2,
+    "days_since_last_activity": 6,
+    "tenure_days": 95,
+    "payments_30d": 1,
+    "failed_payments_30d": 1,
+    "days_since_last_payment": 12,
+    "support_tickets_30d": 1,
+    "video_minutes_7d": 0.0,
+    "video_minutes_14d": 14.5,
+    "video_minutes_30d": 80.0,
+    "engagement_trend_7d_30d": 0.2765,
+    "lesson_trend_7d_30d": 0.2521,
+    "plan": "pro",
 }
 """A fading pro user, as Swagger's and the README's example: every value a real user could have."""
 
@@ -98,7 +117,9 @@ def _field_definitions() -> dict:
     for name, upper in COUNT_FEATURES.items():
         fields[name] = Annotated[int, documented(name, ge=0, le=upper, strict=True)]
     for name in AMOUNT_FEATURES:
-        fields[name] = Annotated[float, documented(name, ge=0, le=_largest_amount(name), allow_inf_nan=False, strict=True)]
+        fields[name] = Annotated[
+            float, documented(name, ge=0, le=_largest_amount(name), allow_inf_nan=False, strict=True)
+        ]
     fields["plan"] = Annotated[Literal[PLANS], documented("plan")]  # type: ignore[valid-type]
     return fields
 

@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-from churn_assets.automation import automated, automation_sensor, record_failed_runs, retrain_job, retrain_on_failed_checks
+from churn_assets.automation import (
+    automated,
+    automation_sensor,
+    record_failed_runs,
+    retrain_job,
+    retrain_on_failed_checks,
+)
 from churn_assets.bringup import bring_up_job
 from churn_assets.ingest.assets import raw_events, raw_users
 from churn_assets.monitor.assets import drift_report, feature_drift, model_performance

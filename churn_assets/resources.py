@@ -11,10 +11,9 @@ from importlib import metadata
 from pathlib import Path
 
 import duckdb
-from packaging import version
-
 from dagster_dbt import DbtCliResource
 from dagster_duckdb import DuckDBResource
+from packaging import version
 
 from churn_assets.ingest.sources import RawSource
 from churn_assets.settings import DBT_PROJECT_DIR, Settings, Surfaces

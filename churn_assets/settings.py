@@ -176,12 +176,16 @@ class Settings:
     @property
     def mlflow_tracking_uri(self) -> str:
         """``CHURNOPS_MLFLOW_TRACKING_URI`` (e.g. a tracking server or Postgres) or SQLite under the data dir."""
-        return os.environ.get("CHURNOPS_MLFLOW_TRACKING_URI", "").strip() or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        return (
+            os.environ.get("CHURNOPS_MLFLOW_TRACKING_URI", "").strip() or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        )
 
     @property
     def mlflow_artifact_location(self) -> str:
         """``CHURNOPS_MLFLOW_ARTIFACT_LOCATION`` (e.g. ``s3://bucket/churnops``) or a folder under the data dir."""
-        return os.environ.get("CHURNOPS_MLFLOW_ARTIFACT_LOCATION", "").strip() or (self.mlflow_dir / "artifacts").as_uri()
+        return (
+            os.environ.get("CHURNOPS_MLFLOW_ARTIFACT_LOCATION", "").strip() or (self.mlflow_dir / "artifacts").as_uri()
+        )
 
     @property
     def exports_dir(self) -> Path:

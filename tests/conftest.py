@@ -28,12 +28,12 @@ os.environ["TMPDIR"] = str(_SESSION_DIR / "tmp")
 tempfile.tempdir = None
 os.environ.pop("CHURNOPS_WAREHOUSE", None)
 
-import dagster as dg  # noqa: E402
-import duckdb  # noqa: E402
+import dagster as dg
+import duckdb
 
-from churn_assets.cli import materialize_history  # noqa: E402
-from churn_assets.resources import build_resources  # noqa: E402
-from churn_assets.settings import Settings  # noqa: E402
+from churn_assets.cli import materialize_history
+from churn_assets.resources import build_resources
+from churn_assets.settings import Settings
 
 START = dt.date(2026, 7, 1)
 
@@ -134,8 +134,13 @@ class SourceFiles:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
 
-    def write(self, users: list[str] | None = None, events: list[str] | None = None,
-              users_header: str = USERS_HEADER, events_header: str = EVENTS_HEADER) -> Path:
+    def write(
+        self,
+        users: list[str] | None = None,
+        events: list[str] | None = None,
+        users_header: str = USERS_HEADER,
+        events_header: str = EVENTS_HEADER,
+    ) -> Path:
         if users is not None:
             (self.root / "users.csv").write_text("\n".join([users_header, *users]) + "\n")
         if events is not None:

@@ -6,7 +6,6 @@ The synthetic generator, the user-file reader, the validation checks and
 
 from __future__ import annotations
 
-
 RAW_SCHEMA = "raw"
 USERS_TABLE = f"{RAW_SCHEMA}.users"
 EVENTS_TABLE = f"{RAW_SCHEMA}.events"

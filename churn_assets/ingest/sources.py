@@ -159,7 +159,7 @@ def _unreadable(error: duckdb.Error, paths: list[Path]) -> str:
         return (
             f"{where} line {line.group(1)} has {counts.group(2)} fields where the header has {counts.group(1)}"
             + (f": {original.group(1).strip()}" if original else "")
-            + ". Quote a value that contains a comma (a decimal comma: write 2.4 or \"2,4\"); nothing was loaded."
+            + '. Quote a value that contains a comma (a decimal comma: write 2.4 or "2,4"); nothing was loaded.'
         )
     if "too small to be a Parquet file" in text or "No magic bytes" in text:
         return f"{where} is not a Parquet file (empty or cut short); nothing was loaded."

@@ -100,7 +100,11 @@ def _population(n_users: int, start_date: dt.date, history_days: int, seed: int,
         parts.append(_draw_users(rng, signup_day, n_users + block * per_block + 1, start_date))
     if len(parts) == 1:
         return parts[0]
-    arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Population) if f.name != "start_date"}
+    arrays = {
+        f.name: np.concatenate([getattr(p, f.name) for p in parts])
+        for f in fields(Population)
+        if f.name != "start_date"
+    }
     return Population(**arrays, start_date=start_date)
 
 

@@ -156,7 +156,11 @@ def delivery_volume(
     ).fetchone()[0]
     floor = min_ratio * baseline if baseline else 0
     short = [(day, n) for day, n in counts if n == 0 or n < floor]
-    usual = f"the median of the {TRAILING_DAYS} days before is {baseline:,.0f}" if baseline else "no earlier days are loaded"
+    usual = (
+        f"the median of the {TRAILING_DAYS} days before is {baseline:,.0f}"
+        if baseline
+        else "no earlier days are loaded"
+    )
     if not short:
         return Outcome(DELIVERY_VOLUME_CHECK, True, f"every day has events; {usual}", 0)
     days = ", ".join(f"{day} has {n:,} event(s)" for day, n in short)

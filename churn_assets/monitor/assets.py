@@ -148,8 +148,16 @@ def snapshot_psi(snapshot) -> dict[str, float]:
     deps=[churn_scores, production_model],
     kinds={"python", "duckdb"},
     check_specs=[
-        dg.AssetCheckSpec(FEATURE_DRIFT_CHECK, asset="feature_drift", description="Every feature's PSI on the latest day is below the warning threshold (CHURNOPS_PSI_WARN); at or above CHURNOPS_PSI_FAIL the check fails as an error."),
-        dg.AssetCheckSpec(PREDICTION_DRIFT_CHECK, asset="feature_drift", description="The PSI of the churn probabilities on the latest day is below the thresholds, likewise."),
+        dg.AssetCheckSpec(
+            FEATURE_DRIFT_CHECK,
+            asset="feature_drift",
+            description="Every feature's PSI on the latest day is below the warning threshold (CHURNOPS_PSI_WARN); at or above CHURNOPS_PSI_FAIL the check fails as an error.",
+        ),
+        dg.AssetCheckSpec(
+            PREDICTION_DRIFT_CHECK,
+            asset="feature_drift",
+            description="The PSI of the churn probabilities on the latest day is below the thresholds, likewise.",
+        ),
     ],
     description="Daily PSI of every feature and of the churn probability between the day's scored "
     "population and the training reference (table monitor.feature_drift).",
@@ -179,7 +187,9 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
         con.register("drift", drift)
         con.execute("BEGIN TRANSACTION")
         con.execute(f"DELETE FROM {DRIFT_TABLE} WHERE snapshot_date >= ? AND snapshot_date < ?", [start, end])
-        con.execute(f"INSERT INTO {DRIFT_TABLE} SELECT snapshot_date, column_name, psi, is_prediction, model_version FROM drift")
+        con.execute(
+            f"INSERT INTO {DRIFT_TABLE} SELECT snapshot_date, column_name, psi, is_prediction, model_version FROM drift"
+        )
         con.execute("COMMIT")
     if drift.empty:
         raise dg.Failure(
@@ -214,11 +224,13 @@ def feature_drift(context: dg.AssetExecutionContext, warehouse: Warehouse, regis
     "reference feature_drift measured it with, saved under reports/ and linked (served by `make up`). "
     "Its drift scores are the numbers feature_drift stored for that day, the platform's PSI over the "
     "whole day; its plots are of fixed-seed samples of at most "
-    f"{REPORT_SAMPLE_ROWS:,} rows of the day and of the reference. \"Detected\" means at or above "
+    f'{REPORT_SAMPLE_ROWS:,} rows of the day and of the reference. "Detected" means at or above '
     "CHURNOPS_PSI_WARN, where the drift check stops passing. Each feature's PSI and verdict (pass, "
     "warn, fail) as metadata.",
 )
-def drift_report(context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry) -> dg.MaterializeResult:
+def drift_report(
+    context: dg.AssetExecutionContext, warehouse: Warehouse, registry: ModelRegistry
+) -> dg.MaterializeResult:
     settings = get_settings()
     day = context.partition_time_window.end.date() - dt.timedelta(days=1)
     with warehouse.get_connection() as con:

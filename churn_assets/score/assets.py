@@ -66,11 +66,15 @@ def _export(con, day: dt.date) -> list[str]:
 
 def _score_chunks(con, session, start: dt.date, end: dt.date, version: int, thresholds: tuple[float, float]) -> int:
     """Scores the window chunk by chunk into the open transaction; memory follows the chunk, not the window."""
-    reader = con.cursor().sql(
-        f"SELECT user_id, snapshot_date, {', '.join(FEATURE_COLUMNS)} FROM marts.fct_user_features "
-        "WHERE snapshot_date >= ? AND snapshot_date < ?",
-        params=[start, end],
-    ).to_arrow_reader(SCORING_CHUNK_ROWS)
+    reader = (
+        con.cursor()
+        .sql(
+            f"SELECT user_id, snapshot_date, {', '.join(FEATURE_COLUMNS)} FROM marts.fct_user_features "
+            "WHERE snapshot_date >= ? AND snapshot_date < ?",
+            params=[start, end],
+        )
+        .to_arrow_reader(SCORING_CHUNK_ROWS)
+    )
     scored_at = pd.Timestamp.now(tz="UTC").tz_localize(None)
     rows = 0
     for batch in reader:
@@ -161,11 +165,20 @@ def churn_scores(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
         )
         con.execute("BEGIN TRANSACTION")
         con.execute(f"DELETE FROM {SCORES_TABLE} WHERE {window}")
-        rows = _score_chunks(con, session, start, end, version, (settings.medium_risk_threshold, settings.high_risk_threshold))
+        rows = _score_chunks(
+            con, session, start, end, version, (settings.medium_risk_threshold, settings.high_risk_threshold)
+        )
         con.execute("COMMIT")
-        tiers = dict(con.execute(f"SELECT risk_tier, count(*) FROM {SCORES_TABLE} WHERE {window} GROUP BY 1").fetchall())
+        tiers = dict(
+            con.execute(f"SELECT risk_tier, count(*) FROM {SCORES_TABLE} WHERE {window} GROUP BY 1").fetchall()
+        )
         checks = _score_checks(con, start, end, tiers)
-        days = [row[0] for row in con.execute(f"SELECT DISTINCT snapshot_date FROM {SCORES_TABLE} WHERE {window} ORDER BY 1").fetchall()]
+        days = [
+            row[0]
+            for row in con.execute(
+                f"SELECT DISTINCT snapshot_date FROM {SCORES_TABLE} WHERE {window} ORDER BY 1"
+            ).fetchall()
+        ]
         exports = [path for day in days for path in _export(con, day)]
         ((mean, (p10, p50, p90)),) = con.execute(
             "SELECT coalesce(avg(churn_probability), 0), coalesce(quantile_cont(churn_probability, [0.1, 0.5, 0.9]), [0, 0, 0]) "
@@ -179,7 +192,9 @@ def churn_scores(context: dg.AssetExecutionContext, warehouse: Warehouse, regist
             "mean_churn_probability": mean,
             "tiers": dg.MetadataValue.json({tier: int(tiers.get(tier, 0)) for tier in RISK_TIERS}),
             "distribution": dg.MetadataValue.md(
-                pd.DataFrame({"churn_probability": {"mean": mean, "10%": p10, "50%": p50, "90%": p90}}).round(4).to_markdown()
+                pd.DataFrame({"churn_probability": {"mean": mean, "10%": p10, "50%": p50, "90%": p90}})
+                .round(4)
+                .to_markdown()
             ),
             "latest_export": dg.MetadataValue.path(exports[-1]) if exports else "none",
         }

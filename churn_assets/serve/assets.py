@@ -15,8 +15,8 @@ import pandas as pd
 
 from churn_assets.contract import FEATURE_COLUMNS
 from churn_assets.resources import Warehouse
-from churn_assets.settings import get_settings
 from churn_assets.serve.onnx import ONNX_INPUTS, ONNX_TOLERANCE, onnx_disagreement
+from churn_assets.settings import get_settings
 from churn_assets.train.assets import production_model
 from churn_assets.train.registry import ModelRegistry
 
@@ -44,7 +44,9 @@ def _latest_features(warehouse: Warehouse) -> pd.DataFrame:
     "metrics, feature order, risk-tier thresholds and dbt manifest hash; bento/service.py serves it and swaps to "
     "each new export by itself.",
 )
-def bento_model(context: dg.AssetExecutionContext, registry: ModelRegistry, warehouse: Warehouse) -> dg.MaterializeResult:
+def bento_model(
+    context: dg.AssetExecutionContext, registry: ModelRegistry, warehouse: Warehouse
+) -> dg.MaterializeResult:
     import bentoml
 
     champion = registry.champion()

@@ -34,7 +34,9 @@ def online_features(context: dg.AssetExecutionContext, warehouse: Warehouse) -> 
     with warehouse.get_connection() as con:
         day = con.execute(f"SELECT max(snapshot_date) FROM {'.'.join(FEATURES.path)}").fetchone()[0]
         if day is None:
-            raise dg.Failure(description="marts.fct_user_features is empty: nothing to publish; the last snapshot stays")
+            raise dg.Failure(
+                description="marts.fct_user_features is empty: nothing to publish; the last snapshot stays"
+            )
         con.execute(
             f"COPY (SELECT user_id, snapshot_date, {', '.join(FEATURE_COLUMNS)} FROM {'.'.join(FEATURES.path)} "
             f"WHERE snapshot_date = DATE '{day}' ORDER BY user_id) TO '{staged}' (FORMAT parquet)"

@@ -25,6 +25,7 @@ NUMERIC_INPUT = "numeric"
 ONNX_INPUTS: tuple[str, ...] = (NUMERIC_INPUT, *CATEGORICAL_FEATURES)
 """The compiled model's inputs: an (n, len(NUMERIC_FEATURES)) float matrix, then one (n, 1) string column each."""
 
+
 def compile_pipeline(pipeline) -> bytes:
     from onnx import TensorProto, compose, helper
     from skl2onnx import to_onnx

@@ -111,14 +111,21 @@ def _requirements() -> list[str]:
 
 def _provenance() -> dict[str, str]:
     manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     return {
         "dbt_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else "none",
         "git_commit": commit.stdout.strip() if commit.returncode == 0 else "unknown",
     }
 
 
-MLFLOW_TYPES = {"int32": "integer", "int64": "long", "float32": "float", "float64": "double", "bool": "boolean", "object": "string"}
+MLFLOW_TYPES = {
+    "int32": "integer",
+    "int64": "long",
+    "float32": "float",
+    "float64": "double",
+    "bool": "boolean",
+    "object": "string",
+}
 
 
 def _dataset(frame: pd.DataFrame, name: str):
@@ -154,11 +161,15 @@ def _log_candidate(name, model, evaluation, train, holdout, datasets, tags, seed
 
     features = list(FEATURE_COLUMNS)
     with mlflow.start_run(run_name=name) as run:
-        params = {k: v for k, v in model.named_steps["model"].get_params().items() if isinstance(v, int | float | str | bool)}
+        params = {
+            k: v for k, v in model.named_steps["model"].get_params().items() if isinstance(v, int | float | str | bool)
+        }
         sizes = {"training_rows": len(train), "holdout_rows": len(holdout)}
         mlflow.log_params({"candidate": name, "decision_threshold": threshold, **sizes, **params})
         mlflow.log_metrics(evaluation.metrics)
-        mlflow.log_dict({"threshold": threshold, "labels": [False, True], "matrix": evaluation.confusion}, "confusion_matrix.json")
+        mlflow.log_dict(
+            {"threshold": threshold, "labels": [False, True], "matrix": evaluation.confusion}, "confusion_matrix.json"
+        )
         mlflow.set_tags({"candidate": name, **tags})
         for context, dataset in datasets.items():
             mlflow.log_input(dataset, context=context)
@@ -247,7 +258,11 @@ def churn_model(context: dg.AssetExecutionContext, registry: ModelRegistry):
             "metrics": dg.MetadataValue.md(table.to_markdown()),
             "onnx_max_abs_difference": disagreement,
             "confusion_matrix": dg.MetadataValue.md(
-                pd.DataFrame(evaluation.confusion, index=["actual stay", "actual churn"], columns=["predicted stay", "predicted churn"]).to_markdown()
+                pd.DataFrame(
+                    evaluation.confusion,
+                    index=["actual stay", "actual churn"],
+                    columns=["predicted stay", "predicted churn"],
+                ).to_markdown()
             ),
             "mlflow_run": dg.MetadataValue.url(registry.run_url(experiment_id, run_id)),
             "plots": dg.MetadataValue.md(plots),
@@ -308,7 +323,9 @@ def production_model(context: dg.AssetExecutionContext, registry: ModelRegistry)
         client.set_model_version_tag(registry.model_name, candidate.version, key, str(value))
     current = registry.champion()
     context.log.info(f"gate: {gate['gate_decision']}: {reason}")
-    record_retrain_step(context.run.run_id, context.run.tags, f"gate {gate['gate_decision']} version {candidate.version}: {reason}")
+    record_retrain_step(
+        context.run.run_id, context.run.tags, f"gate {gate['gate_decision']} version {candidate.version}: {reason}"
+    )
     return dg.MaterializeResult(
         data_version=champion_data_version(current.version if current else None),
         metadata={
@@ -320,5 +337,5 @@ def production_model(context: dg.AssetExecutionContext, registry: ModelRegistry)
             "previous_champion_roc_auc": champion_auc,
             "champion_version": int(current.version) if current else None,
             "holdout_rows": len(holdout),
-        }
+        },
     )

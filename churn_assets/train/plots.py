@@ -9,19 +9,21 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.calibration import CalibrationDisplay  # noqa: E402
-from sklearn.inspection import permutation_importance  # noqa: E402
-from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibrationDisplay
+from sklearn.inspection import permutation_importance
+from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
-from churn_assets.contract import FEATURE_COLUMNS  # noqa: E402
+from churn_assets.contract import FEATURE_COLUMNS
 
 IMPORTANCE_SAMPLE = 3000
 
 
-def save_plots(model, holdout: pd.DataFrame, labels: pd.Series, proba: np.ndarray, out_dir: Path, seed: int) -> dict[str, Path]:
+def save_plots(
+    model, holdout: pd.DataFrame, labels: pd.Series, proba: np.ndarray, out_dir: Path, seed: int
+) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, draw in (
@@ -44,7 +46,12 @@ def _importance(model, holdout: pd.DataFrame, labels: pd.Series, ax, seed: int) 
     """Permutation importance (drop in ROC-AUC), model-agnostic so both candidates compare."""
     sample = holdout.sample(min(IMPORTANCE_SAMPLE, len(holdout)), random_state=seed)
     result = permutation_importance(
-        model, sample[list(FEATURE_COLUMNS)], labels.loc[sample.index], scoring="roc_auc", n_repeats=3, random_state=seed
+        model,
+        sample[list(FEATURE_COLUMNS)],
+        labels.loc[sample.index],
+        scoring="roc_auc",
+        n_repeats=3,
+        random_state=seed,
     )
     order = np.argsort(result.importances_mean)
     ax.barh(np.asarray(FEATURE_COLUMNS)[order], result.importances_mean[order])

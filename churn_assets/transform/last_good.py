@@ -28,7 +28,10 @@ class Kept:
 
 
 def keep(
-    con: duckdb.DuckDBPyConnection, models: list[str], date_columns: dict[str, str], window: tuple[dt.date, dt.date] | None
+    con: duckdb.DuckDBPyConnection,
+    models: list[str],
+    date_columns: dict[str, str],
+    window: tuple[dt.date, dt.date] | None,
 ) -> list[Kept]:
     """Copies aside the rows of ``models`` the build may replace (views are code, not rows)."""
     con.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
@@ -36,8 +39,7 @@ def keep(
     kept = []
     for model in models:
         relation = con.execute(
-            "SELECT table_schema, table_type FROM information_schema.tables "
-            "WHERE table_name = ? AND table_schema <> ?",
+            "SELECT table_schema, table_type FROM information_schema.tables WHERE table_name = ? AND table_schema <> ?",
             [model, SCHEMA],
         ).fetchone()
         if relation is not None and relation[1] != "BASE TABLE":

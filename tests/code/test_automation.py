@@ -93,7 +93,8 @@ class Automation:
             for partition in partitions:
                 self.instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=partition))
             checks = [
-                check for check in self.graph.get(key).check_keys
+                check
+                for check in self.graph.get(key).check_keys
                 if not self.graph.assets_def_for_key(key).can_subset or check in self.requested_checks
             ]
             by_partition = {p: self._latest(key, p) for p in partitions} if checks else {}
@@ -113,16 +114,29 @@ class Automation:
             storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
         )
 
-    def check(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR, partition=None,
-              target=None, run=None) -> None:
+    def check(
+        self,
+        key: dg.AssetCheckKey,
+        passed: bool,
+        severity=dg.AssetCheckSeverity.ERROR,
+        partition=None,
+        target=None,
+        run=None,
+    ) -> None:
         """A check evaluated in a run against the asset's (or the partition's) latest materialization."""
         run = run or self._run()
         evaluation = dg.AssetCheckEvaluation(
-            asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity, partition=partition,
+            asset_key=key.asset_key,
+            check_name=key.name,
+            passed=passed,
+            severity=severity,
+            partition=partition,
             target_materialization_data=target or self._latest(key.asset_key, partition),
         )
         self.instance.report_dagster_event(
-            DagsterEvent(DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name=run.job_name, event_specific_data=evaluation),
+            DagsterEvent(
+                DagsterEventType.ASSET_CHECK_EVALUATION.value, job_name=run.job_name, event_specific_data=evaluation
+            ),
             run_id=run.run_id,
         )
 
@@ -137,7 +151,9 @@ class Automation:
         )
         self.cursor = result.cursor
         requested = {}
-        self.requested_checks = {e.key for e in result.results if isinstance(e.key, dg.AssetCheckKey) and e.true_subset.size}
+        self.requested_checks = {
+            e.key for e in result.results if isinstance(e.key, dg.AssetCheckKey) and e.true_subset.size
+        }
         for evaluation in result.results:
             if evaluation.true_subset.size and isinstance(evaluation.key, dg.AssetKey):
                 partitions = evaluation.true_subset.expensively_compute_asset_partitions()
@@ -172,9 +188,21 @@ def test_a_new_raw_partition_refreshes_the_dbt_models_scores_and_monitoring_down
 
     assert first == {
         name: [YESTERDAY]
-        for name in ("stg_events", "int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report")
+        for name in (
+            "stg_events",
+            "int_user_daily_activity",
+            "fct_user_features",
+            "churn_scores",
+            "feature_drift",
+            "drift_report",
+        )
     }, "one run for the day's whole chain"
-    assert second == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None], "online_features": [None]}
+    assert second == {
+        "fct_churn_labels": [None],
+        "high_risk_users": [None],
+        "model_performance": [None],
+        "online_features": [None],
+    }
     assert automation.tick_and_run() == {}
 
 
@@ -188,10 +216,21 @@ def test_a_night_waits_for_the_cron_then_loads_users_then_the_days_events_and_th
     assert automation.tick_and_run() == {
         name: [today]
         for name in (
-            "raw_events", "stg_events", "int_user_daily_activity", "fct_user_features", "churn_scores", "feature_drift", "drift_report"
+            "raw_events",
+            "stg_events",
+            "int_user_daily_activity",
+            "fct_user_features",
+            "churn_scores",
+            "feature_drift",
+            "drift_report",
         )
     }, "then the day's events and their whole chain, as one run"
-    assert automation.tick_and_run() == {"fct_churn_labels": [None], "high_risk_users": [None], "model_performance": [None], "online_features": [None]}
+    assert automation.tick_and_run() == {
+        "fct_churn_labels": [None],
+        "high_risk_users": [None],
+        "model_performance": [None],
+        "online_features": [None],
+    }
     assert automation.tick_and_run() == {}
 
 
@@ -238,7 +277,12 @@ def test_a_kept_champion_changes_nothing_downstream_and_a_new_one_rescores_the_l
 
     gate("champion-v2")
     first, second = automation.tick_and_run(), automation.tick_and_run()
-    assert first == {"churn_scores": [YESTERDAY], "feature_drift": [YESTERDAY], "drift_report": [YESTERDAY], "bento_model": [None]}
+    assert first == {
+        "churn_scores": [YESTERDAY],
+        "feature_drift": [YESTERDAY],
+        "drift_report": [YESTERDAY],
+        "bento_model": [None],
+    }
     assert second == {"high_risk_users": [None], "model_performance": [None]}
     assert automation.tick_and_run() == {}
 
@@ -253,7 +297,10 @@ def test_a_rollback_by_the_cli_rescores_the_latest_day_and_reexports(automation)
     record_champion_change(automation.instance, old=2, new=1)
 
     assert automation.tick_and_run() == {
-        "churn_scores": [YESTERDAY], "feature_drift": [YESTERDAY], "drift_report": [YESTERDAY], "bento_model": [None]
+        "churn_scores": [YESTERDAY],
+        "feature_drift": [YESTERDAY],
+        "drift_report": [YESTERDAY],
+        "bento_model": [None],
     }
 
 
@@ -288,7 +335,10 @@ class RetrainSensor:
     def report(self, key: dg.AssetCheckKey, passed: bool, severity=dg.AssetCheckSeverity.ERROR) -> None:
         self.instance.report_runless_asset_event(
             dg.AssetCheckEvaluation(
-                asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity,
+                asset_key=key.asset_key,
+                check_name=key.name,
+                passed=passed,
+                severity=severity,
                 description="largest PSI 0.412 (video_minutes_7d); warn at 0.1, fail at 0.25",
             )
         )
@@ -311,7 +361,9 @@ class RetrainSensor:
             run.run_id,
             DagsterEvent(
                 event_type_value=(
-                    DagsterEventType.RUN_SUCCESS if status == dg.DagsterRunStatus.SUCCESS else DagsterEventType.RUN_FAILURE
+                    DagsterEventType.RUN_SUCCESS
+                    if status == dg.DagsterRunStatus.SUCCESS
+                    else DagsterEventType.RUN_FAILURE
                 ).value,
                 job_name=run.job_name,
             ),
@@ -324,7 +376,9 @@ class RetrainSensor:
         for request in requests:
             tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: RETRAIN_SENSOR}
             if not self.instance.get_runs(dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key})):
-                self.instance.add_run(dg.DagsterRun(job_name="retrain", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags))
+                self.instance.add_run(
+                    dg.DagsterRun(job_name="retrain", status=dg.DagsterRunStatus.NOT_STARTED, tags=tags)
+                )
         return requests
 
 

@@ -22,7 +22,7 @@ from churn_assets.bringup import BRING_UP_JOB, _file_under_the_code_location, _w
 from churn_assets.definitions import defs
 from churn_assets.settings import PROJECT_ROOT
 
-ADDRESS = re.compile(r"^  (Dagster UI|Churn service|MLflow|dbt docs|Drift reports) +(http://\S+)", re.M)
+ADDRESS = re.compile(r"^  (Dagster UI|Churn service|MLflow|dbt docs|Drift reports) +(http://\S+)", re.MULTILINE)
 
 
 def test_the_bring_up_run_is_a_named_job_over_every_asset():
@@ -82,12 +82,20 @@ def test_every_surface_answers_at_its_address_and_ctrl_c_stops_every_process(sma
         "CHURNOPS_DATA_DIR": str(platform.data_dir),
         "DAGSTER_HOME": str(platform.data_dir / "dagster_home"),
         "BENTOML_HOME": str(platform.settings.bentoml_home),
-        "CHURNOPS_DAGSTER_PORT": str(dagster), "CHURNOPS_SERVICE_PORT": str(service),
-        "CHURNOPS_MLFLOW_PORT": str(mlflow), "CHURNOPS_DOCS_PORT": str(docs), "CHURNOPS_REPORTS_PORT": str(reports),
+        "CHURNOPS_DAGSTER_PORT": str(dagster),
+        "CHURNOPS_SERVICE_PORT": str(service),
+        "CHURNOPS_MLFLOW_PORT": str(mlflow),
+        "CHURNOPS_DOCS_PORT": str(docs),
+        "CHURNOPS_REPORTS_PORT": str(reports),
     }
     up = subprocess.Popen(
-        [str(Path(sys.executable).with_name("churnops")), "start"], cwd=PROJECT_ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [str(Path(sys.executable).with_name("churnops")), "start"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     started: list[psutil.Process] = []
     try:

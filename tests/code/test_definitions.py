@@ -66,7 +66,10 @@ def test_every_dbt_test_is_a_check_with_a_short_name_and_its_yaml_description(gr
         assert test["description"].strip(), f"{test['name']} on {model} does not say what it asserts"
         assert checks[model, test["name"]].description == test["description"]
     assert len({(t["attached_node"], t["name"]) for t in tests}) == len(tests)
-    assert checks["fct_user_features", "tenure_days_not_negative"].description == "No snapshot is dated before its user signed up."
+    assert (
+        checks["fct_user_features", "tenure_days_not_negative"].description
+        == "No snapshot is dated before its user signed up."
+    )
 
 
 def test_lineage_runs_from_raw_events_to_labels(graph):
@@ -93,7 +96,9 @@ def test_every_dbt_model_and_column_is_described(manifest):
 
 
 def test_every_mart_is_tested(manifest):
-    tested = {dep for n in manifest["nodes"].values() if n["resource_type"] == "test" for dep in n["depends_on"]["nodes"]}
+    tested = {
+        dep for n in manifest["nodes"].values() if n["resource_type"] == "test" for dep in n["depends_on"]["nodes"]
+    }
     marts = [n for n in manifest["nodes"].values() if n["resource_type"] == "model" and "marts" in n["fqn"]]
     assert marts
     assert all(m["unique_id"] in tested for m in marts)
@@ -123,6 +128,7 @@ def test_dagster_validates_the_workspace_on_our_instance_config(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -19,8 +19,16 @@ from tests.conftest import EVENTS_HEADER, Platform
 FIRST, SECOND = dt.date(2026, 7, 1), dt.date(2026, 7, 2)
 USERS = ["1,2026-06-01,pro,US,organic", "2,2026-06-20,free,IN,social", "4,2026-07-02,pro,DE,organic"]
 GOOD = {
-    FIRST: ["1,1,login,2026-07-01 09:00:00,", "2,1,video_minutes,2026-07-01 09:30:00,12.5", "3,2,payment,2026-07-01 10:00:00,29"],
-    SECOND: ["11,1,login,2026-07-02 09:00:00,", "12,2,login,2026-07-02 11:00:00,", "13,4,lesson_view,2026-07-02 12:00:00,"],
+    FIRST: [
+        "1,1,login,2026-07-01 09:00:00,",
+        "2,1,video_minutes,2026-07-01 09:30:00,12.5",
+        "3,2,payment,2026-07-01 10:00:00,29",
+    ],
+    SECOND: [
+        "11,1,login,2026-07-02 09:00:00,",
+        "12,2,login,2026-07-02 11:00:00,",
+        "13,4,lesson_view,2026-07-02 12:00:00,",
+    ],
 }
 LAYERS = ("raw", "intermediate", "marts")
 
@@ -42,29 +50,39 @@ def _csv(*rows: str) -> bytes:
 
 CASES = {
     "an events file with only its header": Delivery(
-        _csv(), days=(FIRST, SECOND), refused_by="events_delivery_volume",
+        _csv(),
+        days=(FIRST, SECOND),
+        refused_by="events_delivery_volume",
         says=("2026-07-01 has 0 event(s), 2026-07-02 has 0 event(s)", f"{LOW_VOLUME_TAG}=true"),
     ),
     "a reloaded day that is now empty, said to be expected": Delivery(_csv(), tags={LOW_VOLUME_TAG: "true"}),
     "an event before its user signed up": Delivery(
-        _csv(*GOOD[SECOND], "14,4,login,2026-07-01 23:00:00,"), days=(FIRST, SECOND),
-        refused_by="events_not_before_signup", says=("column event_ts", "events.csv row 4"),
+        _csv(*GOOD[SECOND], "14,4,login,2026-07-01 23:00:00,"),
+        days=(FIRST, SECOND),
+        refused_by="events_not_before_signup",
+        says=("column event_ts", "events.csv row 4"),
     ),
     "timestamps with a UTC offset": Delivery(_csv(*GOOD[SECOND], "14,2,login,2026-07-03T01:30:00+02:00,")),
     "an event id loaded before on another day": Delivery(
         _csv(*GOOD[SECOND], "1,2,login,2026-07-02 13:00:00,"),
-        refused_by="events_ids_not_loaded_before", says=("column event_id", "events.csv row 4"),
+        refused_by="events_ids_not_loaded_before",
+        says=("column event_id", "events.csv row 4"),
     ),
     "a 0-byte Parquet file": Delivery(
-        b"", file_name="events.parquet", refused_by="raw_events", says=("events.parquet is not a Parquet file",),
+        b"",
+        file_name="events.parquet",
+        refused_by="raw_events",
+        says=("events.parquet is not a Parquet file",),
     ),
     "an unquoted decimal comma": Delivery(
-        _csv(*GOOD[SECOND], "14,1,video_minutes,2026-07-02 13:00:00,2,4"), refused_by="raw_events",
+        _csv(*GOOD[SECOND], "14,1,video_minutes,2026-07-02 13:00:00,2,4"),
+        refused_by="raw_events",
         says=("events.csv line 5 has 6 fields where the header has 5", "Quote a value"),
     ),
     "events of a user missing from the users file": Delivery(
         _csv(*GOOD[SECOND], "14,3,login,2026-07-02 13:00:00,"),
-        refused_by="events_known_users", says=("column user_id", "events.csv row 4"),
+        refused_by="events_known_users",
+        says=("column user_id", "events.csv row 4"),
     ),
 }
 
@@ -87,8 +105,11 @@ def warehouse(two_good_days, tmp_path, monkeypatch, source_files):
 
 def _messages(result) -> str:
     failed_checks = [f"{c.check_name}: {c.description}" for c in result.get_asset_check_evaluations() if not c.passed]
-    failures = [e.step_failure_data.user_failure_data.description for e in result.all_events
-                if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.user_failure_data]
+    failures = [
+        e.step_failure_data.user_failure_data.description
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.user_failure_data
+    ]
     return "\n".join(failed_checks + failures)
 
 
@@ -133,7 +154,9 @@ def _empty_day_is_gone_from_every_layer(platform):
 
 
 def _offset_event_counts_on_its_utc_day(platform):
-    assert platform.query(f"SELECT event_ts FROM {EVENTS_TABLE} WHERE event_id = 14") == [(dt.datetime(2026, 7, 2, 23, 30),)]
+    assert platform.query(f"SELECT event_ts FROM {EVENTS_TABLE} WHERE event_id = 14") == [
+        (dt.datetime(2026, 7, 2, 23, 30),)
+    ]
     activity = "SELECT engagement_events FROM intermediate.int_user_daily_activity WHERE user_id = 2 AND activity_date = DATE '2026-07-02'"
     assert platform.query(activity) == [(2,)], "the 01:30+02:00 login is Bo's second on 07-02 UTC"
 

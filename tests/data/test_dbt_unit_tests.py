@@ -27,9 +27,15 @@ UNIT_TESTS = {
 
 def _dbt(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "CHURNOPS_WAREHOUSE": str(tmp_path / "warehouse.duckdb")}
-    command = [str(Path(sys.executable).with_name("dbt")), *args, "--target-path", str(tmp_path / "target"),
-               "--log-path", str(tmp_path / "logs")]
-    return subprocess.run(command, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True)
+    command = [
+        str(Path(sys.executable).with_name("dbt")),
+        *args,
+        "--target-path",
+        str(tmp_path / "target"),
+        "--log-path",
+        str(tmp_path / "logs"),
+    ]
+    return subprocess.run(command, cwd=DBT_PROJECT_DIR, env=env, capture_output=True, text=True, check=False)
 
 
 def test_every_feature_and_label_unit_test_passes(tmp_path):

@@ -51,19 +51,39 @@ def test_known_users_get_their_features_and_labels_through_the_daily_build(platf
     result = platform.materialize(FIRST_DAY, LAST_DAY, "group:ingest or group:transform", tags={LOW_VOLUME_TAG: "true"})
     assert result.success
 
-    ada = platform.frame(
-        "SELECT * EXCLUDE (user_id, snapshot_date) FROM marts.fct_user_features "
-        "WHERE user_id = 1 AND snapshot_date = DATE '2026-07-30'"
-    ).iloc[0].to_dict()
+    ada = (
+        platform.frame(
+            "SELECT * EXCLUDE (user_id, snapshot_date) FROM marts.fct_user_features "
+            "WHERE user_id = 1 AND snapshot_date = DATE '2026-07-30'"
+        )
+        .iloc[0]
+        .to_dict()
+    )
     assert ada == {
-        "active_days_7d": 1, "active_days_14d": 2, "active_days_30d": 4,
-        "engagement_events_7d": 3, "engagement_events_14d": 5, "engagement_events_30d": 9,
-        "lesson_views_7d": 1, "lesson_views_14d": 2, "lesson_views_30d": 4,
-        "quiz_attempts_7d": 0, "quiz_attempts_30d": 0,
-        "video_minutes_7d": 30.0, "video_minutes_14d": 30.0, "video_minutes_30d": 30.0,
-        "engagement_trend_7d_30d": round((3 / 7) / (9 / 30), 4), "lesson_trend_7d_30d": round((1 / 7) / (4 / 30), 4),
-        "days_since_last_activity": 2, "tenure_days": 59, "plan": "pro", "acquisition_channel": "organic",
-        "payments_30d": 1, "failed_payments_30d": 0, "days_since_last_payment": 29, "support_tickets_30d": 0,
+        "active_days_7d": 1,
+        "active_days_14d": 2,
+        "active_days_30d": 4,
+        "engagement_events_7d": 3,
+        "engagement_events_14d": 5,
+        "engagement_events_30d": 9,
+        "lesson_views_7d": 1,
+        "lesson_views_14d": 2,
+        "lesson_views_30d": 4,
+        "quiz_attempts_7d": 0,
+        "quiz_attempts_30d": 0,
+        "video_minutes_7d": 30.0,
+        "video_minutes_14d": 30.0,
+        "video_minutes_30d": 30.0,
+        "engagement_trend_7d_30d": round((3 / 7) / (9 / 30), 4),
+        "lesson_trend_7d_30d": round((1 / 7) / (4 / 30), 4),
+        "days_since_last_activity": 2,
+        "tenure_days": 59,
+        "plan": "pro",
+        "acquisition_channel": "organic",
+        "payments_30d": 1,
+        "failed_payments_30d": 0,
+        "days_since_last_payment": 29,
+        "support_tickets_30d": 0,
     }
     assert platform.query(
         "SELECT user_id, churned FROM marts.fct_churn_labels WHERE snapshot_date = DATE '2026-07-30' ORDER BY user_id"

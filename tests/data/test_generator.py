@@ -87,7 +87,7 @@ def test_users_keep_signing_up_after_the_history_without_changing_it():
     later = synthetic.generate_users(3000, START, 120, seed=42, through=two_months_on)
 
     pd.testing.assert_frame_equal(later.head(len(history)), history)
-    newcomers = later.iloc[len(history):]
+    newcomers = later.iloc[len(history) :]
     assert len(newcomers) == 2 * 300, "the history's rate: 3,000 users over 180 lead + 120 days, 300 a month"
     assert newcomers.signup_date.min() >= START + dt.timedelta(days=120)
     assert newcomers.signup_date.max() <= two_months_on
@@ -95,5 +95,6 @@ def test_users_keep_signing_up_after_the_history_without_changing_it():
 
     extended = synthetic.population(3000, START, 120, 42, through=two_months_on)
     pd.testing.assert_frame_equal(
-        synthetic.generate_events(extended, DAY, 42), synthetic.generate_events(synthetic.population(3000, START, 120, 42), DAY, 42)
+        synthetic.generate_events(extended, DAY, 42),
+        synthetic.generate_events(synthetic.population(3000, START, 120, 42), DAY, 42),
     )

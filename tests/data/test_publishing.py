@@ -10,7 +10,11 @@ from tests.conftest import SMALL_GRAPH_DAYS
 
 DAY = dt.date(2026, 7, 1)
 USERS = ["1,2026-06-01,pro,US,organic", "2,2026-06-20,free,IN,social", "4,2026-07-02,pro,DE,organic"]
-EVENTS = ["1,1,login,2026-07-01 09:00:00,", "2,1,video_minutes,2026-07-01 09:30:00,12.5", "3,2,login,2026-07-01 10:00:00,"]
+EVENTS = [
+    "1,1,login,2026-07-01 09:00:00,",
+    "2,1,video_minutes,2026-07-01 09:30:00,12.5",
+    "3,2,login,2026-07-01 10:00:00,",
+]
 
 
 def test_a_failing_dbt_test_leaves_every_mart_as_it_was_before_the_build(platform, source_files):
@@ -38,7 +42,8 @@ def test_a_failing_dbt_test_leaves_every_mart_as_it_was_before_the_build(platfor
 def test_every_dbt_model_is_published_with_its_row_count_column_types_and_days(small_graph):
     platform, result = small_graph
     published = [
-        event.materialization for event in result.get_asset_materialization_events()
+        event.materialization
+        for event in result.get_asset_materialization_events()
         if event.materialization.asset_key.path[0] in ("staging", "intermediate", "marts")
     ]
     models = {m.asset_key.path[-1] for m in published}

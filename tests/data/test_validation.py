@@ -38,18 +38,78 @@ def loaded(platform, source_files):
 
 
 EVENT_CASES = {
-    "missing column": (EVENTS_NO_VALUE, ["1,1,login,2026-07-01 09:00:00"], "events_column_types", ["missing required column(s): value"]),
-    "unparseable timestamp": (None, ["1,1,login,2026-07-01 09:00:00,", "2,1,login,yesterday,"], "events_column_types", ["column event_ts", "events.csv row 2", "'yesterday'"]),
-    "text in a number column": (None, ["1,one,login,2026-07-01 09:00:00,"], "events_column_types", ["column user_id", "events.csv row 1", "'one'"]),
-    "missing user": (None, ["1,1,login,2026-07-01 09:00:00,", "2,,login,2026-07-01 09:00:00,"], "events_keys_not_null", ["user_id", "events.csv row 2"]),
-    "user not in the users file": (None, ["1,1,login,2026-07-01 09:00:00,", "2,3,login,2026-07-01 09:00:00,"], "events_known_users", ["column user_id", "events.csv row 2"]),
-    "event before its user signed up": (None, ["1,1,login,2026-07-01 09:00:00,", "2,4,login,2026-07-01 23:59:59,"], "events_not_before_signup", ["column event_ts", "events.csv row 2"]),
-    "unknown event type": (None, ["1,1,logn,2026-07-01 09:00:00,"], "events_known_types", ["column event_type", "events.csv row 1"]),
-    "duplicate event id": (None, ["7,1,login,2026-07-01 09:00:00,", "7,2,login,2026-07-01 10:00:00,"], "events_unique_ids", ["column event_id", "events.csv row 1", "events.csv row 2"]),
-    "timestamp in the future": (None, ["1,1,login,2099-07-01 09:00:00,"], "events_not_in_future", ["column event_ts", "events.csv row 1"]),
-    "negative minutes": (None, ["1,1,video_minutes,2026-07-01 09:00:00,-5"], "events_values_in_range", ["column value", "events.csv row 1"]),
-    "not a number": (None, ["1,1,video_minutes,2026-07-01 09:00:00,nan"], "events_values_in_range", ["column value", "events.csv row 1"]),
-    "payment without amount": (None, ["1,1,payment,2026-07-01 09:00:00,"], "events_values_in_range", ["column value", "events.csv row 1"]),
+    "missing column": (
+        EVENTS_NO_VALUE,
+        ["1,1,login,2026-07-01 09:00:00"],
+        "events_column_types",
+        ["missing required column(s): value"],
+    ),
+    "unparseable timestamp": (
+        None,
+        ["1,1,login,2026-07-01 09:00:00,", "2,1,login,yesterday,"],
+        "events_column_types",
+        ["column event_ts", "events.csv row 2", "'yesterday'"],
+    ),
+    "text in a number column": (
+        None,
+        ["1,one,login,2026-07-01 09:00:00,"],
+        "events_column_types",
+        ["column user_id", "events.csv row 1", "'one'"],
+    ),
+    "missing user": (
+        None,
+        ["1,1,login,2026-07-01 09:00:00,", "2,,login,2026-07-01 09:00:00,"],
+        "events_keys_not_null",
+        ["user_id", "events.csv row 2"],
+    ),
+    "user not in the users file": (
+        None,
+        ["1,1,login,2026-07-01 09:00:00,", "2,3,login,2026-07-01 09:00:00,"],
+        "events_known_users",
+        ["column user_id", "events.csv row 2"],
+    ),
+    "event before its user signed up": (
+        None,
+        ["1,1,login,2026-07-01 09:00:00,", "2,4,login,2026-07-01 23:59:59,"],
+        "events_not_before_signup",
+        ["column event_ts", "events.csv row 2"],
+    ),
+    "unknown event type": (
+        None,
+        ["1,1,logn,2026-07-01 09:00:00,"],
+        "events_known_types",
+        ["column event_type", "events.csv row 1"],
+    ),
+    "duplicate event id": (
+        None,
+        ["7,1,login,2026-07-01 09:00:00,", "7,2,login,2026-07-01 10:00:00,"],
+        "events_unique_ids",
+        ["column event_id", "events.csv row 1", "events.csv row 2"],
+    ),
+    "timestamp in the future": (
+        None,
+        ["1,1,login,2099-07-01 09:00:00,"],
+        "events_not_in_future",
+        ["column event_ts", "events.csv row 1"],
+    ),
+    "negative minutes": (
+        None,
+        ["1,1,video_minutes,2026-07-01 09:00:00,-5"],
+        "events_values_in_range",
+        ["column value", "events.csv row 1"],
+    ),
+    "not a number": (
+        None,
+        ["1,1,video_minutes,2026-07-01 09:00:00,nan"],
+        "events_values_in_range",
+        ["column value", "events.csv row 1"],
+    ),
+    "payment without amount": (
+        None,
+        ["1,1,payment,2026-07-01 09:00:00,"],
+        "events_values_in_range",
+        ["column value", "events.csv row 1"],
+    ),
 }
 
 
@@ -69,7 +129,9 @@ def test_bad_events_are_rejected_with_the_column_and_rows_named(loaded, source_f
     assert after == before, "the last good events must survive a rejected load"
 
 
-def test_an_event_id_already_loaded_for_another_day_is_rejected_and_a_reload_of_its_own_day_is_not(loaded, source_files):
+def test_an_event_id_already_loaded_for_another_day_is_rejected_and_a_reload_of_its_own_day_is_not(
+    loaded, source_files
+):
     next_day = DAY + dt.timedelta(days=1)
     source_files.write(events=[*GOOD_EVENTS, "1,2,login,2026-07-02 08:00:00,"])
 
@@ -81,9 +143,21 @@ def test_an_event_id_already_loaded_for_another_day_is_rejected_and_a_reload_of_
 
 USER_CASES = {
     "unknown plan": (["1,2026-06-01,gold,US,organic"], "users_known_plans", ["column plan", "users.csv row 1"]),
-    "duplicate user": (["1,2026-06-01,pro,US,organic", "1,2026-06-02,free,US,organic"], "users_unique_ids", ["column user_id", "users.csv row 2"]),
-    "impossible date": (["1,2026-13-01,pro,US,organic"], "users_column_types", ["column signup_date", "users.csv row 1", "'2026-13-01'"]),
-    "signup in the future": (["1,2099-01-01,pro,US,organic"], "users_signup_not_in_future", ["column signup_date", "users.csv row 1"]),
+    "duplicate user": (
+        ["1,2026-06-01,pro,US,organic", "1,2026-06-02,free,US,organic"],
+        "users_unique_ids",
+        ["column user_id", "users.csv row 2"],
+    ),
+    "impossible date": (
+        ["1,2026-13-01,pro,US,organic"],
+        "users_column_types",
+        ["column signup_date", "users.csv row 1", "'2026-13-01'"],
+    ),
+    "signup in the future": (
+        ["1,2099-01-01,pro,US,organic"],
+        "users_signup_not_in_future",
+        ["column signup_date", "users.csv row 1"],
+    ),
 }
 
 
@@ -124,7 +198,11 @@ UNREADABLE_FILES = {
     "an unquoted decimal comma": (
         "events.csv",
         b"event_id,user_id,event_type,event_ts,value\n1,1,login,2026-07-01 09:00:00,\n2,1,video_minutes,2026-07-01 09:30:00,2,4\n",
-        ["events.csv line 3 has 6 fields where the header has 5", "2,1,video_minutes,2026-07-01 09:30:00,2,4", "Quote a value"],
+        [
+            "events.csv line 3 has 6 fields where the header has 5",
+            "2,1,video_minutes,2026-07-01 09:30:00,2,4",
+            "Quote a value",
+        ],
     ),
 }
 
@@ -146,12 +224,17 @@ def test_an_unreadable_file_is_named_with_what_to_fix_and_nothing_is_loaded(load
 
 
 def test_timestamps_with_an_offset_are_stored_as_the_utc_time_they_denote(platform, source_files):
-    platform.use_files(source_files.write(GOOD_USERS, [
-        "1,1,login,2026-07-02T01:30:00+02:00,",
-        "2,1,login,2026-07-02 23:30:00-0100,",
-        "3,1,login,2026-07-02 12:00:00Z,",
-        "4,1,login,2026-07-02 12:00:00,",
-    ]))
+    platform.use_files(
+        source_files.write(
+            GOOD_USERS,
+            [
+                "1,1,login,2026-07-02T01:30:00+02:00,",
+                "2,1,login,2026-07-02 23:30:00-0100,",
+                "3,1,login,2026-07-02 12:00:00Z,",
+                "4,1,login,2026-07-02 12:00:00,",
+            ],
+        )
+    )
 
     assert platform.materialize(dt.date(2026, 7, 1), dt.date(2026, 7, 3), "group:ingest").success
 
@@ -197,19 +280,32 @@ def test_a_day_far_below_the_usual_volume_is_stopped(loaded, source_files):
 def test_the_cli_says_what_to_fix_and_accepts_a_run_tag(tmp_path, source_files):
     source_files.write(GOOD_USERS, [])
     env = {
-        **os.environ, "CHURNOPS_SOURCE": "files", "CHURNOPS_SOURCE_DIR": str(source_files.root),
-        "CHURNOPS_DATA_DIR": str(tmp_path / "data"), "DAGSTER_HOME": str(tmp_path),
+        **os.environ,
+        "CHURNOPS_SOURCE": "files",
+        "CHURNOPS_SOURCE_DIR": str(source_files.root),
+        "CHURNOPS_DATA_DIR": str(tmp_path / "data"),
+        "DAGSTER_HOME": str(tmp_path),
     }
     command = [str(Path(sys.executable).with_name("churnops")), "materialize", "--start", str(DAY), "--end", str(DAY)]
 
     # dbt runs too (stg_users), and its log must not push the message down.
-    refused = subprocess.run([*command, "--select", "group:ingest or group:transform"], env=env, capture_output=True, text=True)
-    accepted = subprocess.run([*command, "--select", "group:ingest", "--tag", f"{LOW_VOLUME_TAG}=true"],
-                              env=env, capture_output=True, text=True)
+    refused = subprocess.run(
+        [*command, "--select", "group:ingest or group:transform"], env=env, capture_output=True, text=True, check=False
+    )
+    accepted = subprocess.run(
+        [*command, "--select", "group:ingest", "--tag", f"{LOW_VOLUME_TAG}=true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
     assert refused.returncode == 1
     first_lines = refused.stdout.splitlines()[:3]
     assert first_lines[1].startswith("FAILED CHECK raw_events.events_delivery_volume: 2026-07-01 has 0 event(s)")
-    assert first_lines[2] == "FAILED STEP raw_events: raw_events rejected; nothing was published and the previous tables are unchanged."
+    assert (
+        first_lines[2]
+        == "FAILED STEP raw_events: raw_events rejected; nothing was published and the previous tables are unchanged."
+    )
     assert "Traceback" not in refused.stdout + refused.stderr
     assert accepted.returncode == 0 and "run succeeded" in accepted.stdout

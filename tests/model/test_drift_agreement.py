@@ -84,7 +84,9 @@ def test_the_report_scores_and_words_are_the_checks_on_a_hand_built_day():
         c: "Not Detected" if v == "pass" else "Detected" for c, v in verdicts.items()
     }
     assert "Dataset Drift is detected" in html
-    (drifted,) = [m["value"]["count"] for m in snapshot.dict()["metrics"] if m["metric_name"].startswith("DriftedColumnsCount")]
+    (drifted,) = [
+        m["value"]["count"] for m in snapshot.dict()["metrics"] if m["metric_name"].startswith("DriftedColumnsCount")
+    ]
     assert drifted == 2
 
 
@@ -180,6 +182,8 @@ def test_the_report_plots_at_most_the_cap_and_still_shows_the_whole_days_numbers
 def test_on_a_drifted_day_the_report_detects_exactly_what_the_check_fails_on(copy_of_the_graph):
     platform = copy_of_the_graph
     with duckdb.connect(str(platform.settings.warehouse_path)) as con:
-        con.execute("UPDATE marts.fct_user_features SET tenure_days = tenure_days + 365 WHERE snapshot_date = ?", [LAST_DAY])
+        con.execute(
+            "UPDATE marts.fct_user_features SET tenure_days = tenure_days + 365 WHERE snapshot_date = ?", [LAST_DAY]
+        )
     outcome, flagged = _one_verdict(platform, _measure(platform, LAST_DAY), LAST_DAY)
     assert outcome == "fail" and "tenure_days" in flagged

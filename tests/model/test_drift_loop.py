@@ -72,7 +72,9 @@ def test_one_decision_retrains_and_the_gate_records_its_decision(drifted):
 
     incidents = (platform.data_dir / "logs" / "incidents.log").read_text().splitlines()
     assert [line.split(" ", 1)[1] for line in incidents] == [
-        f"retrain run {result.run_id}: started: feature_drift:{FEATURE_DRIFT_CHECK} failed: "
-        f"{decision.request.tags['churnops/reason']}",
+        (
+            f"retrain run {result.run_id}: started: feature_drift:{FEATURE_DRIFT_CHECK} failed: "
+            f"{decision.request.tags['churnops/reason']}"
+        ),
         f"retrain run {result.run_id}: gate {gate['decision']} version {gate['candidate_version']}: {gate['reason']}",
     ]

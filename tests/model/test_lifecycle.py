@@ -103,7 +103,12 @@ def test_the_plots_are_embedded_in_the_metadata_and_leave_no_files_behind(graph)
     model = result.asset_materializations_for_node("churn_model")[0].metadata
     assert model["plots"].value.count("](data:image/png;base64,") == 2
     candidates = ("logistic_regression", "gradient_boosting")
-    assert not [p for c in candidates for p in Path(tempfile.gettempdir()).glob(f"churnops-{c}-*") if p.stat().st_mtime > SESSION_START]
+    assert not [
+        p
+        for c in candidates
+        for p in Path(tempfile.gettempdir()).glob(f"churnops-{c}-*")
+        if p.stat().st_mtime > SESSION_START
+    ]
 
 
 def test_a_worse_model_is_not_promoted_and_the_champion_stays(fresh_registry, register_model):
@@ -175,11 +180,15 @@ def test_scores_cover_each_active_user_once_and_reproduce(graph):
     )
     assert per_day == []
     day = LAST
-    before = platform.frame(f"SELECT user_id, churn_probability, risk_tier FROM scores.churn_scores WHERE snapshot_date = '{day}' ORDER BY user_id")
+    before = platform.frame(
+        f"SELECT user_id, churn_probability, risk_tier FROM scores.churn_scores WHERE snapshot_date = '{day}' ORDER BY user_id"
+    )
 
     assert dg.materialize([churn_scores], resources=platform.resources, partition_key=day.isoformat()).success
 
-    after = platform.frame(f"SELECT user_id, churn_probability, risk_tier FROM scores.churn_scores WHERE snapshot_date = '{day}' ORDER BY user_id")
+    after = platform.frame(
+        f"SELECT user_id, churn_probability, risk_tier FROM scores.churn_scores WHERE snapshot_date = '{day}' ORDER BY user_id"
+    )
     pd.testing.assert_frame_equal(before, after)
     exported = pd.read_csv(platform.settings.exports_dir / "scores" / f"churn_scores_{day}.csv")
     assert len(exported) == len(after)

@@ -49,7 +49,9 @@ def test_psi_in_sql_for_every_day_at_once_equals_the_pandas_reference():
                 "snapshot_date": day,
                 "logins": rng.poisson(3 + shift, 700),
                 "minutes": rng.exponential(2 + shift, 700).round(1),
-                "plan": rng.choice(["free", "pro", "team", "edu"], 700, p=[0.5, 0.3, 0.0, 0.2] if shift else [0.6, 0.3, 0.1, 0]),
+                "plan": rng.choice(
+                    ["free", "pro", "team", "edu"], 700, p=[0.5, 0.3, 0.0, 0.2] if shift else [0.6, 0.3, 0.1, 0]
+                ),
             }
         )
         for shift, day in enumerate(days)
@@ -86,7 +88,9 @@ def test_realised_metrics_in_sql_equal_scikit_learns_per_day_and_version():
     con.register("s", scores)
     con.register("l", labels)
     measured = performance_by_day(con, "s", "l", threshold=0.5).df()
-    assert measured["snapshot_date"].dt.date.tolist() == [dt.date(2026, 8, 1), dt.date(2026, 8, 2)], "one class only: not measured"
+    assert measured["snapshot_date"].dt.date.tolist() == [dt.date(2026, 8, 1), dt.date(2026, 8, 2)], (
+        "one class only: not measured"
+    )
     for row in measured.itertuples():
         day = scores["snapshot_date"] == row.snapshot_date.date()
         y, p = churned[day], scores.loc[day, "churn_probability"]

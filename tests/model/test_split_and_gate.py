@@ -1,6 +1,7 @@
 """The time split and the gate's rule, on hand-built inputs whose right answer is visible."""
 
 import datetime as dt
+import itertools
 
 import duckdb
 import pandas as pd
@@ -18,7 +19,8 @@ def _warehouse(days: int, users: int = 3) -> duckdb.DuckDBPyConnection:
     """A features table and a labels table with one labelled snapshot per user and day."""
     con = duckdb.connect()
     keys = pd.DataFrame(
-        [(u, FIRST + dt.timedelta(days=d)) for d in range(days) for u in range(users)], columns=["user_id", "snapshot_date"]
+        [(u, FIRST + dt.timedelta(days=d)) for d in range(days) for u in range(users)],
+        columns=["user_id", "snapshot_date"],
     )
     con.register("keys", keys)
     con.register("feature_rows", keys.assign(**{c: 0 for c in FEATURE_COLUMNS}))
@@ -72,7 +74,7 @@ def test_stride_keeps_every_nth_training_day_counting_back_from_the_last():
     split, dates = _split(_warehouse(120), stride_days=7)
     train_days = sorted(split[split.split == "train"].snapshot_date.dt.date.unique())
     assert train_days[-1] == dates.train_end
-    assert {(b - a).days for a, b in zip(train_days, train_days[1:], strict=False)} == {7}
+    assert {(b - a).days for a, b in itertools.pairwise(train_days)} == {7}
     assert split[split.split == "holdout"].snapshot_date.nunique() == 14
 
 

@@ -29,8 +29,11 @@ def running_service(model_tag: str, data_dir: Path) -> Iterator[httpx.Client]:
     """``data_dir`` is the platform whose online features the service answers /predict_user from."""
     port = _free_port()
     env = {
-        **os.environ, "CHURNOPS_BENTO_MODEL": model_tag, "CHURNOPS_SERVICE_WORKERS": "1",
-        "CHURNOPS_DATA_DIR": str(data_dir), "CHURNOPS_SERVICE_POLL_SECONDS": str(POLL_S),
+        **os.environ,
+        "CHURNOPS_BENTO_MODEL": model_tag,
+        "CHURNOPS_SERVICE_WORKERS": "1",
+        "CHURNOPS_DATA_DIR": str(data_dir),
+        "CHURNOPS_SERVICE_POLL_SECONDS": str(POLL_S),
     }
     log = open(Path(os.environ["BENTOML_HOME"]).parent / f"service-{port}.log", "w")  # noqa: SIM115
     process = subprocess.Popen(

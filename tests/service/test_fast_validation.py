@@ -25,7 +25,21 @@ API = ChurnService.apis["predict_batch"]
 DIRECT = DirectApis(None, ChurnService, fast=FAST_DECODING)
 DECODER = msgspec.json.Decoder(BatchRecords)
 
-WRONG_TYPES = ['"3"', '"1.5"', "true", "false", "null", "[]", "{}", '""', "NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
+WRONG_TYPES = [
+    '"3"',
+    '"1.5"',
+    "true",
+    "false",
+    "null",
+    "[]",
+    "{}",
+    '""',
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e400",
+]
 
 
 def _count_tokens(upper: int) -> list[str]:
@@ -59,7 +73,12 @@ def field_token(draw, name: str) -> str:
 def record_text(draw) -> str:
     items = [(f'"{name}"', draw(field_token(name))) for name in EXAMPLE_RECORD if draw(st.integers(0, 49))]
     if not draw(st.integers(0, 19)):
-        items.append((draw(st.sampled_from(['"extra"', '"tenure_days"', '"plan"', '"Plan"'])), draw(st.sampled_from(["1", '"pro"']))))
+        items.append(
+            (
+                draw(st.sampled_from(['"extra"', '"tenure_days"', '"plan"', '"Plan"'])),
+                draw(st.sampled_from(["1", '"pro"'])),
+            )
+        )
     items = draw(st.permutations(items))
     return "{" + ",".join(f"{key}:{value}" for key, value in items) + "}"
 
@@ -129,6 +148,8 @@ def test_both_take_a_full_batch_and_refuse_one_record_more(count, accepted):
     assert (_msgspec(body) is not None, _pydantic(body) is not None) == (accepted, accepted)
 
 
-@pytest.mark.parametrize("body", [b"", b"[]", b"null", b'\xef\xbb\xbf{"records":[]}', b'{"records":[{"\xff":1}]}', b'{"records":[]} x'])
+@pytest.mark.parametrize(
+    "body", [b"", b"[]", b"null", b'\xef\xbb\xbf{"records":[]}', b'{"records":[{"\xff":1}]}', b'{"records":[]} x']
+)
 def test_both_refuse_what_is_not_one_json_object(body):
     assert _msgspec(body) is None and _pydantic(body) is None

@@ -8,11 +8,10 @@ import re
 import threading
 import time
 
-import duckdb
-import httpx
-
 import bentoml
 import dagster as dg
+import duckdb
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,7 +129,8 @@ def test_malformed_requests_get_a_400_naming_the_field(service, latest_features,
 
 
 RECORD_FAULTS = {
-    case: (body, field) for case, (path, body, field) in MALFORMED.items()
+    case: (body, field)
+    for case, (path, body, field) in MALFORMED.items()
     if path == "/predict" and case not in ("no wrapper key", "extra key beside features")
 }
 
@@ -139,7 +139,9 @@ RECORD_FAULTS = {
 def test_a_record_predict_refuses_is_refused_in_a_batch_at_its_position(service, latest_features, case):
     body, field = RECORD_FAULTS[case]
     payload = {"records": [_valid(latest_features), body(latest_features)["features"], _valid(latest_features)]}
-    response = service.post("/predict_batch", content=json.dumps(payload, allow_nan=True), headers={"content-type": "application/json"})
+    response = service.post(
+        "/predict_batch", content=json.dumps(payload, allow_nan=True), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400, response.text
     assert [error["loc"] for error in response.json()["detail"]] == [["records", 1, field]], response.text
 
@@ -172,8 +174,10 @@ def test_bentoml_request_metrics_count_every_answer_by_endpoint_and_status(servi
     """The APIs are answered inside BentoML's middleware, so its request metrics still see them."""
 
     def count(endpoint: str, status: int) -> float:
-        pattern = rf'^bentoml_service_request_total\{{endpoint="{endpoint}",http_response_code="{status}"[^}}]*\}} ([0-9.]+)$'
-        found = re.search(pattern, service.get("/metrics").text, re.M)
+        pattern = (
+            rf'^bentoml_service_request_total\{{endpoint="{endpoint}",http_response_code="{status}"[^}}]*\}} ([0-9.]+)$'
+        )
+        found = re.search(pattern, service.get("/metrics").text, re.MULTILINE)
         return float(found.group(1)) if found else 0.0
 
     before = {(e, s): count(e, s) for e, s in (("/predict", 200), ("/predict", 400), ("/predict_batch", 200))}
@@ -182,7 +186,9 @@ def test_bentoml_request_metrics_count_every_answer_by_endpoint_and_status(servi
     service.post("/predict_batch", json={"records": [EXAMPLE_RECORD, EXAMPLE_RECORD]})
     # Each worker keeps its own counts and /metrics merges them, so every request shows exactly once.
     assert {key: count(*key) - value for key, value in before.items()} == {
-        ("/predict", 200): 1, ("/predict", 400): 1, ("/predict_batch", 200): 1
+        ("/predict", 200): 1,
+        ("/predict", 400): 1,
+        ("/predict_batch", 200): 1,
     }
 
 
@@ -251,6 +257,7 @@ def test_a_promoted_and_a_rolled_back_champion_are_served_without_a_restart(
     newer = register_model(registry, logistic_regression(7).fit(train[list(FEATURE_COLUMNS)], train[LABEL_COLUMN]))
     body = {"features": _valid(latest_features)}
     with start_service(f"{MODEL_NAME}:latest", platform.data_dir) as client:
+
         def served(version: int):
             return lambda: client.post("/predict", json=body).json()["model_version"] == version
 
@@ -288,15 +295,20 @@ def test_model_info_says_what_is_served_and_how_fresh(service, exported, champio
     assert info["risk_thresholds"] == {"medium": 0.3, "high": 0.6}
     assert 0 <= info["model_age_seconds"] < 3600
     assert info["feature_snapshot_date"] == str(SMALL_GRAPH_DAYS[1])
-    assert info["feature_snapshot_users"] == platform.query(
-        f"SELECT count(*) FROM marts.fct_user_features WHERE snapshot_date = DATE '{SMALL_GRAPH_DAYS[1]}'"
-    )[0][0]
+    assert (
+        info["feature_snapshot_users"]
+        == platform.query(
+            f"SELECT count(*) FROM marts.fct_user_features WHERE snapshot_date = DATE '{SMALL_GRAPH_DAYS[1]}'"
+        )[0][0]
+    )
     metrics = service.get("/metrics").text
-    assert re.search(r"^churn_model_age_seconds(\{[^}]*\})? [0-9.e+]+$", metrics, re.M)
-    assert re.search(r"^churn_feature_snapshot_age_seconds(\{[^}]*\})? [0-9.e+]+$", metrics, re.M)
+    assert re.search(r"^churn_model_age_seconds(\{[^}]*\})? [0-9.e+]+$", metrics, re.MULTILINE)
+    assert re.search(r"^churn_feature_snapshot_age_seconds(\{[^}]*\})? [0-9.e+]+$", metrics, re.MULTILINE)
 
 
-def test_a_new_feature_snapshot_is_answered_from_and_an_old_one_is_reported_degraded(service, exported, latest_features):
+def test_a_new_feature_snapshot_is_answered_from_and_an_old_one_is_reported_degraded(
+    service, exported, latest_features
+):
     platform, _ = exported
     path = platform.settings.online_features_path
     original = path.read_bytes()
@@ -309,7 +321,9 @@ def test_a_new_feature_snapshot_is_answered_from_and_an_old_one_is_reported_degr
                 f"COPY (SELECT * REPLACE (DATE '{next_day}' AS snapshot_date) FROM read_parquet('{path}')) TO '{staged}'"
             )
         staged.replace(path)
-        _wait_for(lambda: service.post("/predict_user", json={"user_id": user}).json()["snapshot_date"] == str(next_day))
+        _wait_for(
+            lambda: service.post("/predict_user", json={"user_id": user}).json()["snapshot_date"] == str(next_day)
+        )
 
         three_days_ago = time.time() - 3 * 24 * 3600
         os.utime(path, (three_days_ago, three_days_ago))
@@ -342,7 +356,7 @@ def test_an_export_in_an_older_onnx_layout_is_compiled_again(exported):
 
 
 def test_reexporting_an_unchanged_champion_creates_no_model(exported):
-    platform, tag = exported
+    platform, _tag = exported
     result = dg.materialize([bento_model], resources=platform.resources)
     metadata = result.asset_materializations_for_node("bento_model")[0].metadata
     assert metadata["exported"].value is False

@@ -116,7 +116,9 @@ class DaemonPlatform:
 
     def churnops(self, *args: str) -> subprocess.CompletedProcess:
         command = [str(Path(sys.executable).with_name("churnops")), *args]
-        return subprocess.run(command, cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=480)
+        return subprocess.run(
+            command, cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=480, check=False
+        )
 
     def _start(self, name: str, *command: str) -> subprocess.Popen:
         log = (self.data_dir / f"{name}.log").open("a")
@@ -135,10 +137,21 @@ class DaemonPlatform:
         """A code server of its own, as in production (``dagster api grpc``): one that the daemon
         manages is restarted whenever the daemon refreshes its workspace."""
         port = _free_port()
-        self._start("code_server", "dagster", "api", "grpc", "-m", "churn_assets.definitions", "-h", "127.0.0.1", "-p", str(port))
+        self._start(
+            "code_server",
+            "dagster",
+            "api",
+            "grpc",
+            "-m",
+            "churn_assets.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        )
         health = [str(Path(sys.executable).with_name("dagster")), "api", "grpc-health-check", "-p", str(port)]
         deadline = time.monotonic() + 120
-        while subprocess.run(health, env=self.env, capture_output=True).returncode != 0:
+        while subprocess.run(health, env=self.env, capture_output=True, check=False).returncode != 0:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the code server did not answer; see {self.data_dir}/code_server.log")
             time.sleep(1)
@@ -188,7 +201,9 @@ class DaemonPlatform:
         while not any(t.timestamp >= after and t.status != TickStatus.STARTED for t in self.ticks(sensor)):
             self._assert_daemon_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {sensor} tick after {after} within {timeout_s} s; see {self.data_dir}/daemon.log")
+                raise TimeoutError(
+                    f"no {sensor} tick after {after} within {timeout_s} s; see {self.data_dir}/daemon.log"
+                )
             time.sleep(0.5)
 
     def wait_until_idle(self, since: float, timeout_s: float = DAY_TIMEOUT_S) -> None:
@@ -216,7 +231,9 @@ class DaemonPlatform:
         self.wait_until_idle(since=after.timestamp())
 
     def _assert_daemon_alive(self) -> None:
-        assert self.daemon is not None and self.daemon.poll() is None, f"the daemon exited; see {self.data_dir}/daemon.log"
+        assert self.daemon is not None and self.daemon.poll() is None, (
+            f"the daemon exited; see {self.data_dir}/daemon.log"
+        )
 
     def query(self, sql: str) -> list[tuple]:
         with duckdb.connect(str(self.data_dir / "warehouse.duckdb"), read_only=True) as con:
@@ -249,7 +266,14 @@ def lived(tmp_path_factory: pytest.TempPathFactory):
 def test_every_night_the_new_day_flows_from_raw_data_to_scores_and_drift(lived):
     platform, _ = lived
     loaded = [(night - dt.timedelta(days=1)).isoformat() for night in NIGHTS]
-    for asset in ("raw_events", "staging/stg_events", "marts/fct_user_features", "churn_scores", "feature_drift", "drift_report"):
+    for asset in (
+        "raw_events",
+        "staging/stg_events",
+        "marts/fct_user_features",
+        "churn_scores",
+        "feature_drift",
+        "drift_report",
+    ):
         assert set(loaded) <= platform.materialized_partitions(asset), asset
     for table, column in (
         ("raw.events", "CAST(event_ts AS DATE)"),
@@ -259,7 +283,7 @@ def test_every_night_the_new_day_flows_from_raw_data_to_scores_and_drift(lived):
     ):
         days = {row[0].isoformat() for row in platform.query(f"SELECT DISTINCT {column} FROM {table}")}
         assert set(loaded) <= days, table
-    (users, scored), = platform.query(
+    ((users, scored),) = platform.query(
         f"SELECT count(DISTINCT f.user_id), count(DISTINCT s.user_id) FROM marts.fct_user_features f "
         f"LEFT JOIN scores.churn_scores s USING (user_id, snapshot_date) WHERE snapshot_date = DATE '{loaded[-1]}'"
     )
@@ -288,9 +312,12 @@ def test_the_drift_check_kept_failing_after_the_retrain_without_a_second_one(liv
     )
     (retrain,) = platform.instance.get_run_records(dg.RunsFilter(tags={SENSOR_NAME_TAG: RETRAIN_SENSOR}))
     after = [
-        e for e in evaluations
-        if e.event and e.event.timestamp > retrain.create_timestamp.timestamp()
-        and isinstance(e.evaluation, AssetCheckEvaluation) and not e.evaluation.passed
+        e
+        for e in evaluations
+        if e.event
+        and e.event.timestamp > retrain.create_timestamp.timestamp()
+        and isinstance(e.evaluation, AssetCheckEvaluation)
+        and not e.evaluation.passed
     ]
     assert after, "the last night's drift check failed again, inside the cool-down"
     last = next(t for t in platform.ticks(RETRAIN_SENSOR) if t.status == TickStatus.SKIPPED)
@@ -305,7 +332,9 @@ def test_no_sensor_tick_errored_and_no_run_failed(lived):
         assert ticks, sensor
         errors = [t.error.to_string() for t in ticks if t.status == TickStatus.FAILURE]
         assert errors == [], sensor
-    failed = platform.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]))
+    failed = platform.instance.get_runs(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED])
+    )
     assert failed == []
 
 
