@@ -181,22 +181,23 @@ def automation(history) -> Iterator[Automation]:
     automation.instance.dispose()
 
 
+DAY_CHAIN = (
+    "stg_events",
+    "int_user_daily_activity",
+    "fct_user_features",
+    "churn_scores",
+    "feature_drift",
+    "drift_report",
+)
+"""What a day's new raw events refresh, in one run."""
+
+
 def test_a_new_raw_partition_refreshes_the_dbt_models_scores_and_monitoring_downstream(automation):
     automation.complete({dg.AssetKey("raw_events"): [YESTERDAY]})
 
     first, second = automation.tick_and_run(), automation.tick_and_run()
 
-    assert first == {
-        name: [YESTERDAY]
-        for name in (
-            "stg_events",
-            "int_user_daily_activity",
-            "fct_user_features",
-            "churn_scores",
-            "feature_drift",
-            "drift_report",
-        )
-    }, "one run for the day's whole chain"
+    assert first == {name: [YESTERDAY] for name in DAY_CHAIN}, "one run for the day's whole chain"
     assert second == {
         "fct_churn_labels": [None],
         "high_risk_users": [None],
@@ -213,18 +214,9 @@ def test_a_night_waits_for_the_cron_then_loads_users_then_the_days_events_and_th
     automation.minutes += 60
     today = "2026-11-23"
     assert automation.tick_and_run() == {"raw_users": [None], "stg_users": [None]}, "the 01:00 cron loads users first"
-    assert automation.tick_and_run() == {
-        name: [today]
-        for name in (
-            "raw_events",
-            "stg_events",
-            "int_user_daily_activity",
-            "fct_user_features",
-            "churn_scores",
-            "feature_drift",
-            "drift_report",
-        )
-    }, "then the day's events and their whole chain, as one run"
+    assert automation.tick_and_run() == {name: [today] for name in ("raw_events", *DAY_CHAIN)}, (
+        "then the day's events and their whole chain, as one run"
+    )
     assert automation.tick_and_run() == {
         "fct_churn_labels": [None],
         "high_risk_users": [None],
