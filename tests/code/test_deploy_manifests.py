@@ -205,6 +205,27 @@ def test_the_service_runs_as_a_non_root_user_on_a_read_only_root_with_no_capabil
         }, each["name"]
 
 
+def image_user_and_port(dockerfile: str) -> tuple[int, int]:
+    text = (DEPLOY / "docker" / dockerfile).read_text()
+    user = re.findall(r"^USER (\d+)", text, re.MULTILINE)[-1]
+    port = re.findall(r"^EXPOSE (\d+)", text, re.MULTILINE)[-1]
+    return int(user), int(port)
+
+
+def test_the_pods_run_as_the_user_and_on_the_port_that_each_image_declares():
+    deployment = by_kind(base_documents())["Deployment"]
+    assert image_user_and_port("Dockerfile.api") == (
+        deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"],
+        container(deployment)["ports"][0]["containerPort"],
+    )
+    for env in ENVIRONMENTS:
+        values = helm_values(env)
+        run_pod = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+        location = code_location(values)
+        assert image_user_and_port("Dockerfile.ml") == (location["podSecurityContext"]["runAsUser"], location["port"])
+        assert run_pod["securityContext"]["runAsUser"] == location["podSecurityContext"]["runAsUser"]
+
+
 def test_every_container_has_cpu_and_memory_requests_and_limits(rendered):
     _, documents = rendered
     pod = by_kind(documents)["Deployment"]["spec"]["template"]["spec"]
