@@ -112,17 +112,19 @@ def applications() -> dict[str, dict]:
     return {doc["metadata"]["name"]: doc for name in names for doc in load_documents(ARGOCD / name)}
 
 
-@pytest.fixture(scope="module", params=sorted(ENVIRONMENTS))
-def rendered(request) -> tuple[str, list[dict]]:
-    """An overlay as `kubectl kustomize` renders it, which is what `kubectl apply -k` and ArgoCD apply."""
+def kustomize(folder: Path) -> list[dict]:
+    """A kustomization as `kubectl kustomize` renders it, which is what `kubectl apply -k` and ArgoCD apply."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl (with kustomize built in) is not on the PATH: the overlays cannot be rendered")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(OVERLAYS / request.param)], check=False, capture_output=True, text=True, timeout=120
-    )
+        pytest.skip("kubectl (with kustomize built in) is not on the PATH: the kustomizations cannot be rendered")
+    out = subprocess.run([kubectl, "kustomize", str(folder)], check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return request.param, [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=sorted(ENVIRONMENTS))
+def rendered(request) -> tuple[str, list[dict]]:
+    return request.param, kustomize(OVERLAYS / request.param)
 
 
 # --- Kubernetes schemas -------------------------------------------------------------------------
@@ -429,6 +431,12 @@ def test_staging_syncs_itself_with_prune_and_self_heal_and_production_waits_for_
             assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}, name
         else:
             assert "automated" not in app["spec"]["syncPolicy"], name
+
+
+def test_the_argocd_kustomization_installs_the_four_applications_into_argocds_namespace():
+    rendered = kustomize(ARGOCD)
+    assert sorted(app["metadata"]["name"] for app in rendered) == sorted(applications())
+    assert {app["metadata"]["namespace"] for app in rendered} == {"argocd"}
 
 
 def test_each_service_application_syncs_its_overlay_into_the_overlays_namespace():
