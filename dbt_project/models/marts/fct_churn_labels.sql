@@ -12,24 +12,30 @@ observed as (
 ),
 
 active_days as (
-    select user_id, activity_date
+    select
+        user_id,
+        activity_date
     from activity
     where engagement_events > 0
 ),
 
 labelled_snapshots as (
-    select features.user_id, features.snapshot_date
+    select
+        features.user_id,
+        features.snapshot_date
     from {{ ref('fct_user_features') }} as features
     cross join observed
     where features.snapshot_date + 30 <= observed.observed_through
 ),
 
 next_activity as (
-    select labelled_snapshots.*, active_days.activity_date as next_active_date
+    select
+        labelled_snapshots.*,
+        active_days.activity_date as next_active_date
     from labelled_snapshots
     asof left join active_days
         on labelled_snapshots.user_id = active_days.user_id
-        and active_days.activity_date > labelled_snapshots.snapshot_date
+        and labelled_snapshots.snapshot_date < active_days.activity_date
 )
 
 select

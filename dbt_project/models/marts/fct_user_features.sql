@@ -23,8 +23,16 @@
 
 with bounds as (
     select
-        {% if window -%} greatest(cast('{{ window.start }}' as date), min(activity_date)) {%- else -%} min(activity_date) {%- endif %} as first_day,
-        {% if window -%} least(cast('{{ window.end }}' as date) - 1, max(activity_date)) {%- else -%} max(activity_date) {%- endif %} as last_day
+        {% if window -%}
+            greatest(cast('{{ window.start }}' as date), min(activity_date))
+        {%- else -%}
+            min(activity_date)
+        {%- endif %} as first_day,
+        {% if window -%}
+            least(cast('{{ window.end }}' as date) - 1, max(activity_date))
+        {%- else -%}
+            max(activity_date)
+        {%- endif %} as last_day
     from {{ ref('int_user_daily_activity') }}
 ),
 
@@ -57,28 +65,30 @@ numbered_spans as (
 
 spans as (
     select
-        user_id,
-        greatest(min(activity_date), any_value(bounds.first_day)) as span_start,
-        least(max(activity_date) + 29, any_value(bounds.last_day)) as span_end
+        numbered_spans.user_id,
+        greatest(min(numbered_spans.activity_date), any_value(bounds.first_day)) as span_start,
+        least(max(numbered_spans.activity_date) + 29, any_value(bounds.last_day)) as span_end
     from numbered_spans, bounds
-    group by user_id, span_number
+    group by numbered_spans.user_id, numbered_spans.span_number
 ),
 
 span_days as (
-    select user_id, cast(unnest(range(span_start, span_end + 1, interval 1 day)) as date) as snapshot_date
+    select
+        user_id,
+        cast(unnest(range(span_start, span_end + 1, interval 1 day)) as date) as snapshot_date
     from spans
     where span_start <= span_end
 ),
 
 snapshots as (
     select * from span_days
-    where snapshot_date in (select activity_date from activity)
+    where snapshot_date in (select activity.activity_date from activity)
 ),
 
 user_days as (
     select
         coalesce(snapshots.user_id, activity.user_id) as user_id,
-        coalesce(snapshots.snapshot_date, activity.activity_date) as day,
+        coalesce(snapshots.snapshot_date, activity.activity_date) as day,  -- noqa: RF04
         snapshots.user_id is not null as is_snapshot,
         coalesce(activity.engagement_events, 0) as engagement_events,
         coalesce(activity.lesson_views, 0) as lesson_views,
@@ -123,18 +133,24 @@ rolling as (
 ),
 
 windows as (
-    select * exclude (is_snapshot) from rolling where is_snapshot
+    select * exclude (is_snapshot)
+    from rolling
+    where is_snapshot
 ),
 
 payment_days as (
-    select payments.user_id, payments.activity_date as payment_date
+    select
+        payments.user_id,
+        payments.activity_date as payment_date
     from {{ ref('int_user_daily_activity') }} as payments, bounds
     where payments.payments > 0
         and payments.activity_date between bounds.first_day - 365 and bounds.last_day
 ),
 
 with_last_payment as (
-    select windows.*, payment_days.payment_date as last_payment_date
+    select
+        windows.*,
+        payment_days.payment_date as last_payment_date
     from windows
     asof left join payment_days
         on windows.user_id = payment_days.user_id
