@@ -23,8 +23,11 @@ COPY dbt_project ./dbt_project
 # dbt_project/ lives.
 RUN uv sync --frozen --no-dev
 # The manifest is baked in: the code server loads dbt assets from it and never parses at start-up.
+# Parsing opens no warehouse; profiles.yml only needs its variables set.
 WORKDIR /app/dbt_project
-RUN /app/.venv/bin/dbt parse --quiet && test -s target/manifest.json
+RUN CHURNOPS_WAREHOUSE=/tmp/parse.duckdb CHURNOPS_DUCKDB_MEMORY_LIMIT=1GB CHURNOPS_DUCKDB_THREADS=1 \
+    /app/.venv/bin/dbt parse --quiet \
+    && test -s target/manifest.json
 
 FROM python:3.11-slim-bookworm AS runtime
 ARG GIT_COMMIT=unknown
