@@ -1,7 +1,9 @@
-"""The built Bento carries everything the service imports, and nothing of the platform behind it."""
+"""`make bento` builds on a fresh clone, and the Bento carries everything the service imports and
+nothing of the platform behind it."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,29 +34,43 @@ print(json.dumps({
 """
 
 
-def _uv() -> str:
-    return os.environ.get("UV") or shutil.which("uv") or str(PROJECT_ROOT / ".tools" / "bin" / "uv")
+def _path_without_uv() -> str:
+    """A fresh clone's PATH: the Makefile's uv lives in .tools/bin, where BentoML does not look."""
+    return os.pathsep.join(
+        folder for folder in os.environ["PATH"].split(os.pathsep) if not (Path(folder) / "uv").exists()
+    )
 
 
-def test_the_built_bento_imports_its_service_from_its_own_files_alone(exported, tmp_path):
-    env = {**os.environ, "PATH": f"{Path(_uv()).parent}{os.pathsep}{os.environ['PATH']}"}
+@pytest.fixture(scope="module")
+def built_by_make(exported):
+    """``make bento`` as a user runs it, building from the model the test graph exported."""
+    uv = PROJECT_ROOT / ".tools" / "bin" / "uv"
+    given = [] if uv.exists() else [f"UV={os.environ.get('UV') or shutil.which('uv')}"]
     build = subprocess.run(
-        [str(Path(sys.executable).with_name("bentoml")), "build", "-f", "bento/bentofile.yaml", ".", "--output", "tag"],
+        ["make", "--no-print-directory", "bento", *given],
         cwd=PROJECT_ROOT,
-        env=env,
+        env={**os.environ, "PATH": _path_without_uv()},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
-    assert build.returncode == 0, build.stderr[-3000:]
-    tag = build.stdout.strip().rsplit("__tag__:", 1)[-1].strip()
+    return build
+
+
+def test_make_bento_builds_with_no_uv_on_the_callers_path(built_by_make):
+    assert shutil.which("uv", path=_path_without_uv()) is None
+    assert built_by_make.returncode == 0, built_by_make.stdout[-2000:] + built_by_make.stderr[-3000:]
+    assert "No module named pip" not in built_by_make.stderr
+
+
+def test_the_built_bento_imports_its_service_from_its_own_files_alone(built_by_make, tmp_path):
+    (tag,) = re.findall(r'Successfully built Bento\(tag="([^"]+)"\)', built_by_make.stdout)
     src = Path(bentoml.get(tag).path) / "src"
 
     imported = subprocess.run(
         [sys.executable, "-c", IMPORT_FROM_THE_BUILD, str(PROJECT_ROOT), str(src)],
         cwd=tmp_path,
-        env=env,
         capture_output=True,
         text=True,
         timeout=120,
