@@ -2,10 +2,6 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-export CHURNOPS_DATA_DIR ?= $(CURDIR)/.churnops
-export DAGSTER_HOME ?= $(CHURNOPS_DATA_DIR)/dagster_home
-export CHURNOPS_WAREHOUSE ?= $(CHURNOPS_DATA_DIR)/warehouse.duckdb
-export BENTOML_HOME ?= $(CHURNOPS_DATA_DIR)/bentoml
 # Nothing may reach the internet at run time: every tool has its own switch.
 export DAGSTER_DISABLE_TELEMETRY := 1
 export DBT_SEND_ANONYMOUS_USAGE_STATS := false
@@ -13,13 +9,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export BENTOML_DO_NOT_TRACK := true
 
-# Ports and host: CHURNOPS_HOST, CHURNOPS_DAGSTER_PORT, CHURNOPS_SERVICE_PORT, CHURNOPS_MLFLOW_PORT,
-# CHURNOPS_DOCS_PORT, CHURNOPS_REPORTS_PORT (defaults in churn_assets/settings.py, Surfaces).
+# Every setting (paths, ports, CHURNOPS_PROFILE) has its default in churn_assets/settings.py alone.
+# `churnops` resolves them and hands them to what it starts; `churnops exec` does the same for a tool.
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen --quiet
-DBT := cd dbt_project && $(RUN) dbt
+DBT := cd dbt_project && $(RUN) churnops exec dbt
+DATA_DIR = $(shell $(RUN) churnops exec printenv CHURNOPS_DATA_DIR)
 
-.PHONY: help install manifest up dagster-home materialize ui lint test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
+.PHONY: help install manifest up materialize ui lint test test-fast validate docs docs-serve serve bento mlflow-ui bench-serving champion-history rollback drift-demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,16 +32,13 @@ install: $(if $(findstring .tools,$(UV)),$(UV))  ## install the locked environme
 manifest:
 	$(DBT) parse --quiet
 
-up: install dagster-home  ## install, materialize the whole graph, start every surface (Ctrl+C stops them all)
+up: install  ## install, materialize the whole graph, start every surface (Ctrl+C stops them all)
 	@$(RUN) churnops up
 
-dagster-home:
-	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-
-materialize: dagster-home  ## materialize the whole graph for the default history in one run
+materialize:  ## materialize the whole graph for the default history in one run
 	$(RUN) churnops materialize
 
-ui: dagster-home  ## start the Dagster webserver and daemon (after the graph has run)
+ui:  ## start the Dagster webserver and daemon (after the graph has run)
 	$(RUN) churnops start dagster daemon
 
 lint: install  ## ruff (check and format) on the Python
@@ -58,7 +52,7 @@ test-fast: install  ## run the tests not marked slow
 	$(RUN) pytest -m "not slow"
 
 validate: install  ## check that the Dagster definitions load
-	$(RUN) dagster definitions validate -w workspace.yaml
+	$(RUN) churnops exec dagster definitions validate -w workspace.yaml
 
 docs: install  ## write the dbt docs site (feature definitions) to dbt_project/target
 	$(DBT) docs generate
@@ -70,7 +64,7 @@ serve:  ## serve the champion over HTTP (after the graph has run)
 	$(RUN) churnops start service
 
 bento:  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_service:latest` needs Docker
-	PATH="$(dir $(UV)):$$PATH" $(RUN) bentoml build -f bento/bentofile.yaml .
+	PATH="$(dir $(UV)):$$PATH" $(RUN) churnops exec bentoml build -f bento/bentofile.yaml .
 
 mlflow-ui:  ## the MLflow UI, on the platform's tracking store
 	$(RUN) churnops start mlflow
@@ -88,7 +82,7 @@ bench: install  ## run the pipeline benchmark (USERS=10000 DAYS=120 by default)
 	$(RUN) python benchmarks/pipeline.py --users $(or $(USERS),10000) --days $(or $(DAYS),120)
 
 bench-serving: install  ## measure the churn service (needs a model: make materialize first)
-	$(RUN) python benchmarks/serving.py --data-dir $(CHURNOPS_DATA_DIR)
+	$(RUN) python benchmarks/serving.py --data-dir "$(DATA_DIR)"
 
 clean:  ## delete everything the platform wrote (the data dir and dbt artifacts)
-	rm -rf $(CHURNOPS_DATA_DIR) dbt_project/target dbt_project/logs
+	rm -rf $(DATA_DIR) dbt_project/target dbt_project/logs

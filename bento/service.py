@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -54,15 +53,12 @@ from churn_assets.contract import (
     risk_tiers,
 )
 from churn_assets.serve.onnx import ONNX_INPUTS, churn_probabilities, feeds, input_names, load_session
-from churn_assets.settings import MODEL_NAME, SERVICE_PORT, get_settings
+from churn_assets.settings import SERVICE_PORT, get_settings
 
-MODEL_TAG = os.environ.get("CHURNOPS_BENTO_MODEL", f"{MODEL_NAME}:latest")
-WORKERS = int(os.environ.get("CHURNOPS_SERVICE_WORKERS", "2"))
-TRACING = os.environ.get("CHURNOPS_SERVICE_TRACING", "off") == "on"
-"""BentoML traces every request with OpenTelemetry even with no exporter configured, where the spans
-go nowhere and cost more than the prediction (benchmarks/README.md). ``on`` keeps BentoML's
-tracing, for a deployment that configures an exporter in its BentoML configuration."""
 SETTINGS = get_settings()
+MODEL_TAG = SETTINGS.bento_model
+WORKERS = SETTINGS.service_workers
+TRACING = SETTINGS.service_tracing == "on"
 
 
 class Prediction(BaseModel):

@@ -14,6 +14,7 @@ import datetime as dt
 import functools
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,13 @@ QUIET_ENV = {
     # dbt and all) and warns when uv is not on the PATH; the packages the model imports are its environment.
     "MLFLOW_UV_AUTO_DETECT": "false",
 }
+
+
+def install_instance(settings: Settings) -> None:
+    """The profile's instance yaml becomes DAGSTER_HOME's ``dagster.yaml`` before any Dagster process
+    reads it: the local SQLite one, or production's PostgreSQL one."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(settings.dagster_instance_template, settings.dagster_home / "dagster.yaml")
 
 
 def _bin(name: str) -> str:
@@ -294,12 +302,7 @@ class Supervisor:
         self.sites: list[_Site] = []
 
     def start(self, chosen: list[Surface]) -> None:
-        env = {
-            **os.environ,
-            **self.settings.subprocess_env(),
-            **QUIET_ENV,
-            "DAGSTER_HOME": str(self.settings.dagster_home),
-        }
+        env = {**os.environ, **self.settings.subprocess_env(), **QUIET_ENV}
         for surface in chosen:
             if surface.directory is not None:
                 surface.directory.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,14 @@ import io
 import os
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 
-from churn_assets.bringup import QUIET_ENV, surfaces
+from churn_assets.bringup import QUIET_ENV, install_instance, surfaces
 from churn_assets.incidents import incident_log
 from churn_assets.settings import LOW_VOLUME_TAG, MODEL_NAME, Surfaces, get_settings
 
@@ -308,7 +309,19 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_exec(args: argparse.Namespace) -> int:
+    """Replaces this process, so the tool's exit code and Ctrl+C are its own; the venv's tools are
+    found without activating it."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.execvpe(args.tool[0], args.tool, {**os.environ, "PATH": path})
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        settings, where = get_settings(), Surfaces.from_env()
+    except ValueError as error:
+        print(f"churnops: {error}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="churnops", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     materialize = commands.add_parser("materialize", help="materialize assets over a date range in one run")
@@ -334,20 +347,25 @@ def main(argv: list[str] | None = None) -> int:
         "up", help="materialize the whole graph as run bring_up, then start every surface until Ctrl+C"
     ).set_defaults(func=_cmd_up)
     start = commands.add_parser("start", help="start surfaces of a platform that has run, until Ctrl+C")
-    keys = [s.key for s in surfaces(get_settings(), Surfaces())]
+    keys = [s.key for s in surfaces(settings, where)]
     start.add_argument("surface", nargs="*", metavar="SURFACE", help=f"which: {', '.join(keys)} (default: all)")
     start.set_defaults(func=_cmd_start)
     commands.add_parser("champion-history", help="list every champion, newest first").set_defaults(func=_cmd_history)
     commands.add_parser("rollback", help="move the champion alias back to the previous champion").set_defaults(
         func=_cmd_rollback
     )
+    tool = commands.add_parser(
+        "exec", help="run a tool (dbt, dagster, bentoml) with the environment the settings resolve, e.g. exec dbt parse"
+    )
+    tool.add_argument("tool", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command and its arguments")
+    tool.set_defaults(func=_cmd_exec)
     args = parser.parse_args(argv)
     if unknown := set(getattr(args, "surface", [])) - set(keys):
         start.error(f"no such surface: {', '.join(sorted(unknown))} (choose from {', '.join(keys)})")
-    dagster_home = get_settings().dagster_home
-    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
-    os.environ.update(QUIET_ENV)
-    dagster_home.mkdir(parents=True, exist_ok=True)
+    if args.command == "exec" and not args.tool:
+        tool.error("name the command to run")
+    install_instance(settings)
+    os.environ.update({**settings.subprocess_env(), **QUIET_ENV})
     return args.func(args)
 
 

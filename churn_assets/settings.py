@@ -1,16 +1,25 @@
-"""Every tunable of the platform, read once from the environment.
+"""Every tunable of the platform, declared once and read from the environment.
 
 One frozen object so that Dagster resources, the dbt profile (through the environment), the
-CLI, the benchmarks and the tests agree on paths and numbers. Everything the platform writes
-lives under ``data_dir``; deleting that folder resets the platform and touches nothing else.
+CLI, the churn service, the benchmarks and the tests agree on paths and numbers. Each default is
+written here and nowhere else: the Makefile and ``profiles.yml`` restate none, and child
+processes get the resolved paths from ``subprocess_env()``. Everything the platform writes lives
+under ``data_dir``; deleting that folder resets the platform and touches nothing else.
+
+``CHURNOPS_PROFILE`` is the one switch between the local platform and production. Production keeps
+Dagster's instance and MLflow in PostgreSQL, and refuses to start without their connections rather
+than fall back to SQLite files that no other pod or machine would ever see.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
@@ -24,6 +33,11 @@ SERVICE_PORT = 3001
 CHAMPION_ALIAS = "champion"
 EXPERIMENT_NAME = "churnops"
 
+INSTANCE_TEMPLATES = {"local": "dagster.yaml", "production": "dagster.production.yaml"}
+"""The Dagster instance each profile installs into DAGSTER_HOME: SQLite there, or PostgreSQL."""
+PRODUCTION_CONNECTIONS = ("dagster_postgres_url", "mlflow_tracking_uri", "mlflow_artifact_location")
+"""What production must be told: left to their defaults they would be files inside one container."""
+
 TELEMETRY_OFF = {
     "DAGSTER_DISABLE_TELEMETRY": "1",
     "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
@@ -33,18 +47,43 @@ TELEMETRY_OFF = {
 }
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+class FromTheEnvironment(BaseSettings):
+    """Settings read from ``CHURNOPS_*`` variables, where a blank variable means its default (as
+    ``VAR= make up`` intends), and an invalid one is reported by its variable's name."""
+
+    model_config = SettingsConfigDict(env_prefix="CHURNOPS_", str_strip_whitespace=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, values: dict) -> dict:
+        return {name: value for name, value in values.items() if not (isinstance(value, str) and not value.strip())}
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Each setting's environment variable, by field name."""
+        prefix = cls.model_config["env_prefix"]
+        return {
+            name: field.validation_alias if isinstance(field.validation_alias, str) else f"{prefix}{name.upper()}"
+            for name, field in cls.model_fields.items()
+        }
+
+    @classmethod
+    def from_env(cls) -> Self:
+        try:
+            return cls()
+        except ValidationError as error:
+            variables = cls.variables()
+            problems = [
+                f"{variables.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']} (got {e['input']!r})"
+                if e["loc"]
+                else str(e["ctx"]["error"])
+                for e in error.errors()
+                if e["type"] != "default_factory_not_called"
+            ]
+            raise ValueError("invalid settings:\n  " + "\n  ".join(problems)) from None
 
 
-def _optional_date(name: str) -> dt.date | None:
-    value = os.environ.get(name, "").strip()
-    return dt.date.fromisoformat(value) if value else None
-
-
-@dataclass(frozen=True)
-class Surfaces:
+class Surfaces(FromTheEnvironment):
     """Where ``make up`` serves each surface: one host, a port each, every one set from the environment."""
 
     host: str = "127.0.0.1"
@@ -53,17 +92,6 @@ class Surfaces:
     mlflow_port: int = 5000
     reports_port: int = 8081
     docs_port: int = 8080
-
-    @classmethod
-    def from_env(cls) -> Surfaces:
-        return cls(
-            host=_env("CHURNOPS_HOST", cls.host),
-            dagster_port=int(_env("CHURNOPS_DAGSTER_PORT", str(cls.dagster_port))),
-            service_port=int(_env("CHURNOPS_SERVICE_PORT", str(cls.service_port))),
-            mlflow_port=int(_env("CHURNOPS_MLFLOW_PORT", str(cls.mlflow_port))),
-            reports_port=int(_env("CHURNOPS_REPORTS_PORT", str(cls.reports_port))),
-            docs_port=int(_env("CHURNOPS_DOCS_PORT", str(cls.docs_port))),
-        )
 
     def url(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -82,16 +110,19 @@ LOW_VOLUME_TAG = "churnops/low_volume_expected"
 """Run tag (value ``true``) with which an operator accepts a delivery the volume check would stop."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path
-    start_date: dt.date
-    history_days: int
-    n_users: int
-    seed: int
-    source: str
-    source_dir: Path | None
-    drift_from: dt.date | None
+class Settings(FromTheEnvironment):
+    """Each field is ``CHURNOPS_<FIELD>`` unless its alias names another variable; defaults that are
+    paths follow ``data_dir``, so one variable moves everything the platform writes."""
+
+    profile: Literal["local", "production"] = "local"
+    data_dir: Path = PROJECT_ROOT / ".churnops"
+    start_date: dt.date = DEFAULT_START_DATE
+    history_days: int = 120
+    n_users: int = Field(5000, validation_alias="CHURNOPS_USERS")
+    seed: int = 42
+    source: Literal["synthetic", "files"] = "synthetic"
+    source_dir: Path | None = None
+    drift_from: dt.date | None = None
     holdout_days: int = 14
     snapshot_stride_days: int = 1
     max_train_rows: int = 1_000_000
@@ -111,50 +142,50 @@ class Settings:
     duckdb_threads: int = 2
     min_delivery_ratio: float = 0.2
     service_poll_seconds: float = 2.0
-    warehouse_path: Path = field(init=False)
+    service_workers: int = 2
+    service_tracing: Literal["off", "on"] = "off"
+    """BentoML traces every request with OpenTelemetry even with no exporter configured, where the
+    spans go nowhere and cost more than the prediction (benchmarks/README.md). ``on`` keeps it, for
+    a deployment that configures an exporter in its BentoML configuration."""
+    bento_model: str = f"{MODEL_NAME}:latest"
+    """The model the service loads; ``bento_model`` keeps ``latest`` equal to the champion."""
+    warehouse_path: Path = Field(
+        default_factory=lambda s: s["data_dir"] / "warehouse.duckdb", validation_alias="CHURNOPS_WAREHOUSE"
+    )
+    bentoml_home: Path = Field(default_factory=lambda s: s["data_dir"] / "bentoml", validation_alias="BENTOML_HOME")
+    """BentoML reads BENTOML_HOME when it is imported, so the environment decides, not code."""
+    dagster_home: Path = Field(
+        default_factory=lambda s: s["data_dir"] / "dagster_home", validation_alias="DAGSTER_HOME"
+    )
+    dagster_instance_template: Path = Field(default_factory=lambda s: PROJECT_ROOT / INSTANCE_TEMPLATES[s["profile"]])
+    """The instance yaml every ``churnops`` command installs into DAGSTER_HOME as ``dagster.yaml``."""
+    dagster_postgres_url: str | None = Field(None, repr=False)
+    """Read by the production instance yaml itself (``env:``); declared here so production checks it."""
+    mlflow_tracking_uri: str = Field(
+        default_factory=lambda s: f"sqlite:///{s['data_dir'] / 'mlflow' / 'mlflow.db'}", repr=False
+    )
+    mlflow_artifact_location: str = Field(default_factory=lambda s: (s["data_dir"] / "mlflow" / "artifacts").as_uri())
 
-    def __post_init__(self) -> None:
-        if self.source not in {"synthetic", "files"}:
-            raise ValueError(f"CHURNOPS_SOURCE must be 'synthetic' or 'files', not {self.source!r}")
+    @field_validator(
+        "data_dir", "source_dir", "warehouse_path", "bentoml_home", "dagster_home", "dagster_instance_template"
+    )
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """Dagster, dbt and the servers each start in their own working directory."""
+        return path.resolve() if path is not None else None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Settings:
         if self.source == "files" and self.source_dir is None:
             raise ValueError("CHURNOPS_SOURCE=files needs CHURNOPS_SOURCE_DIR")
-        warehouse = os.environ.get("CHURNOPS_WAREHOUSE", "").strip()
-        object.__setattr__(
-            self, "warehouse_path", Path(warehouse).resolve() if warehouse else self.data_dir / "warehouse.duckdb"
-        )
-
-    @classmethod
-    def from_env(cls) -> Settings:
-        source_dir = os.environ.get("CHURNOPS_SOURCE_DIR", "").strip()
-        return cls(
-            data_dir=Path(_env("CHURNOPS_DATA_DIR", str(PROJECT_ROOT / ".churnops"))).resolve(),
-            start_date=dt.date.fromisoformat(_env("CHURNOPS_START_DATE", DEFAULT_START_DATE.isoformat())),
-            history_days=int(_env("CHURNOPS_HISTORY_DAYS", "120")),
-            n_users=int(_env("CHURNOPS_USERS", "5000")),
-            seed=int(_env("CHURNOPS_SEED", "42")),
-            source=_env("CHURNOPS_SOURCE", "synthetic"),
-            source_dir=Path(source_dir).resolve() if source_dir else None,
-            drift_from=_optional_date("CHURNOPS_DRIFT_FROM"),
-            holdout_days=int(_env("CHURNOPS_HOLDOUT_DAYS", "14")),
-            snapshot_stride_days=int(_env("CHURNOPS_SNAPSHOT_STRIDE_DAYS", "1")),
-            max_train_rows=int(_env("CHURNOPS_MAX_TRAIN_ROWS", "1000000")),
-            max_holdout_rows=int(_env("CHURNOPS_MAX_HOLDOUT_ROWS", "500000")),
-            min_roc_auc=float(_env("CHURNOPS_MIN_ROC_AUC", "0.75")),
-            promotion_margin=float(_env("CHURNOPS_PROMOTION_MARGIN", "0.002")),
-            decision_threshold=float(_env("CHURNOPS_DECISION_THRESHOLD", "0.5")),
-            high_risk_threshold=float(_env("CHURNOPS_HIGH_RISK_THRESHOLD", "0.6")),
-            medium_risk_threshold=float(_env("CHURNOPS_MEDIUM_RISK_THRESHOLD", "0.3")),
-            high_risk_top_n=int(_env("CHURNOPS_HIGH_RISK_TOP_N", "200")),
-            psi_warn=float(_env("CHURNOPS_PSI_WARN", "0.1")),
-            psi_fail=float(_env("CHURNOPS_PSI_FAIL", "0.25")),
-            max_auc_drop=float(_env("CHURNOPS_MAX_AUC_DROP", "0.05")),
-            retrain_cooldown_hours=float(_env("CHURNOPS_RETRAIN_COOLDOWN_HOURS", "24")),
-            sensor_interval_seconds=int(_env("CHURNOPS_SENSOR_INTERVAL_SECONDS", "30")),
-            duckdb_memory_limit=_env("CHURNOPS_DUCKDB_MEMORY_LIMIT", "4GB"),
-            duckdb_threads=int(_env("CHURNOPS_DUCKDB_THREADS", "2")),
-            min_delivery_ratio=float(_env("CHURNOPS_MIN_DELIVERY_RATIO", "0.2")),
-            service_poll_seconds=float(_env("CHURNOPS_SERVICE_POLL_SECONDS", "2")),
-        )
+        if self.profile != "production":
+            return self
+        variables = self.variables()
+        if missing := [variables[name] for name in PRODUCTION_CONNECTIONS if name not in self.model_fields_set]:
+            raise ValueError(f"CHURNOPS_PROFILE=production needs {', '.join(missing)}")
+        if urlsplit(self.mlflow_tracking_uri).scheme.split("+")[0] != "postgresql":
+            raise ValueError("CHURNOPS_PROFILE=production needs CHURNOPS_MLFLOW_TRACKING_URI to be a postgresql:// URI")
+        return self
 
     @property
     def history_end(self) -> dt.date:
@@ -166,26 +197,8 @@ class Settings:
         return max(dt.date.today() - dt.timedelta(days=1), self.start_date + dt.timedelta(days=self.history_days - 1))
 
     @property
-    def dagster_home(self) -> Path:
-        return self.data_dir / "dagster_home"
-
-    @property
     def mlflow_dir(self) -> Path:
         return self.data_dir / "mlflow"
-
-    @property
-    def mlflow_tracking_uri(self) -> str:
-        """``CHURNOPS_MLFLOW_TRACKING_URI`` (e.g. a tracking server or Postgres) or SQLite under the data dir."""
-        return (
-            os.environ.get("CHURNOPS_MLFLOW_TRACKING_URI", "").strip() or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
-        )
-
-    @property
-    def mlflow_artifact_location(self) -> str:
-        """``CHURNOPS_MLFLOW_ARTIFACT_LOCATION`` (e.g. ``s3://bucket/churnops``) or a folder under the data dir."""
-        return (
-            os.environ.get("CHURNOPS_MLFLOW_ARTIFACT_LOCATION", "").strip() or (self.mlflow_dir / "artifacts").as_uri()
-        )
 
     @property
     def exports_dir(self) -> Path:
@@ -205,25 +218,22 @@ class Settings:
         return self.data_dir / "reports"
 
     @property
-    def bentoml_home(self) -> Path:
-        """BentoML reads BENTOML_HOME when it is imported, so the environment decides when it is set."""
-        home = os.environ.get("BENTOML_HOME", "").strip()
-        return Path(home).resolve() if home else self.data_dir / "bentoml"
-
-    @property
     def duckdb_config(self) -> dict[str, str | int]:
         """Every warehouse connection's share of the machine (Dagster's and dbt's): beyond the
         memory limit DuckDB spills to disk instead of growing."""
         return {"memory_limit": self.duckdb_memory_limit, "threads": self.duckdb_threads}
 
     def subprocess_env(self) -> dict[str, str]:
-        """What child processes read: the warehouse for the dbt profile, the BentoML store, no
-        telemetry, and no MLflow download progress bars in the CLI's output or the run logs."""
+        """What child processes read: the data paths (the dbt profile has no defaults of its own),
+        the BentoML store, Dagster's home, no telemetry, and no MLflow download progress bars in
+        the CLI's output or the run logs."""
         return {
+            "CHURNOPS_DATA_DIR": str(self.data_dir),
             "CHURNOPS_WAREHOUSE": str(self.warehouse_path),
             "CHURNOPS_DUCKDB_MEMORY_LIMIT": self.duckdb_memory_limit,
             "CHURNOPS_DUCKDB_THREADS": str(self.duckdb_threads),
             "BENTOML_HOME": str(self.bentoml_home),
+            "DAGSTER_HOME": str(self.dagster_home),
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             **TELEMETRY_OFF,
         }

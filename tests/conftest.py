@@ -55,7 +55,10 @@ def pytest_sessionstart(session):
     """The dbt assets are defined from the manifest, which ``make install`` writes; tests run without make too."""
     if not (DBT_PROJECT_DIR / "target" / "manifest.json").exists():
         subprocess.run(
-            [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"], cwd=DBT_PROJECT_DIR, check=True
+            [str(Path(sys.executable).with_name("dbt")), "parse", "--quiet"],
+            cwd=DBT_PROJECT_DIR,
+            env={**os.environ, **Settings.from_env().subprocess_env()},
+            check=True,
         )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 
 from churn_assets.ingest.assets import ensure_raw_tables
-from churn_assets.settings import DBT_PROJECT_DIR
+from churn_assets.settings import DBT_PROJECT_DIR, Settings
 
 UNIT_TESTS = {
     "rolling_windows_end_on_the_snapshot_day_and_start_29_days_before",
@@ -26,7 +26,11 @@ UNIT_TESTS = {
 
 
 def _dbt(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "CHURNOPS_WAREHOUSE": str(tmp_path / "warehouse.duckdb")}
+    env = {
+        **os.environ,
+        **Settings.from_env().subprocess_env(),
+        "CHURNOPS_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+    }
     command = [
         str(Path(sys.executable).with_name("dbt")),
         *args,
