@@ -106,13 +106,16 @@ def test_the_image_is_built_in_stages_and_its_final_stage_runs_as_a_user_that_is
 
 
 @pytest.mark.parametrize("dockerfile", [ML, API], ids=lambda path: path.name)
-def test_every_file_the_image_copies_is_in_the_repository_and_in_the_build_context(dockerfile):
+def test_every_file_the_image_copies_is_committed_and_in_the_build_context(dockerfile):
     sources = [source for stage in stages(dockerfile) for source in copies_from_context(stage)]
 
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *sources], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
     assert sources
-    missing = [source for source in sources if not (PROJECT_ROOT / source).exists()]
-    assert not missing
-    assert not [source for source in sources if ignored(source)]
+    assert [source for source in sources if not any(path.startswith(source) for path in tracked)] == []
+    assert [source for source in sources if ignored(source)] == []
 
 
 def test_the_build_context_leaves_out_what_the_machine_wrote():
