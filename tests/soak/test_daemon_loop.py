@@ -12,27 +12,19 @@ The instance, the warehouse and the incident log are then read to see what reall
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
-from dagster._core.instance.ref import InstanceRef
-from dagster._core.scheduler.instigation import InstigatorType, TickStatus
+from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 from libfaketime import get_reload_information
 
 from churn_assets.automation import RETRAIN_SENSOR
 from churn_assets.incidents import TRIGGER_TAG
-from churn_assets.settings import PROJECT_ROOT, TELEMETRY_OFF
+from churn_assets.settings import PROJECT_ROOT
+from tests.soak.harness import PlatformProcesses
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -43,22 +35,6 @@ DRIFT_DEMO_AT = dt.datetime.combine(BROUGHT_UP_ON, dt.time(9, 0), tzinfo=dt.UTC)
 """Later that morning a person runs the drift demo beside the daemon."""
 NIGHTS = [dt.date(2026, 10, 31)]
 """Each night the cron loads the day before; the drift is still there, inside the cool-down."""
-SENSOR_INTERVAL_S = 3
-IDLE_TICKS = 2
-DAY_TIMEOUT_S = 600
-ACTIVE = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FakeClock:
@@ -85,79 +61,13 @@ class FakeClock:
         }
 
 
-class DaemonPlatform:
-    """A platform with its own data dir and instance, driven only by the daemon and the CLI."""
+class DaemonPlatform(PlatformProcesses):
+    """A SQLite platform (``make up``'s dagster.yaml) on a clock the test moves."""
 
     def __init__(self, root: Path):
-        self.data_dir = root / "churnops"
-        self.home = self.data_dir / "dagster_home"
-        self.home.mkdir(parents=True)
-        shutil.copy(PROJECT_ROOT / "dagster.yaml", self.home / "dagster.yaml")
         self.clock = FakeClock(root / "faketime")
-        self.env = {
-            **os.environ,
-            **TELEMETRY_OFF,
-            **self.clock.env(),
-            "DAGSTER_HOME": str(self.home),
-            "CHURNOPS_DATA_DIR": str(self.data_dir),
-            "BENTOML_HOME": str(self.data_dir / "bentoml"),
-            "CHURNOPS_START_DATE": START.isoformat(),
-            "CHURNOPS_USERS": "400",
-            "CHURNOPS_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL_S),
-            # One day of 400 users gives a realised ROC-AUC within about ±0.1 of the truth: only
-            # drift, the episode under test, should fail as an error here.
-            "CHURNOPS_MAX_AUC_DROP": "0.3",
-        }
-        self.env.pop("CHURNOPS_WAREHOUSE", None)
-        self.daemon: subprocess.Popen | None = None
-        self.processes: list[subprocess.Popen] = []
-        self.workspace: Path | None = None
-        self.instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
-
-    def churnops(self, *args: str) -> subprocess.CompletedProcess:
-        command = [str(Path(sys.executable).with_name("churnops")), *args]
-        return subprocess.run(
-            command, cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=480, check=False
-        )
-
-    def _start(self, name: str, *command: str) -> subprocess.Popen:
-        log = (self.data_dir / f"{name}.log").open("a")
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name(command[0])), *command[1:]],
-            cwd=PROJECT_ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return process
-
-    def start_code_server(self) -> None:
-        """A code server of its own, as in production (``dagster api grpc``): one that the daemon
-        manages is restarted whenever the daemon refreshes its workspace."""
-        port = _free_port()
-        self._start(
-            "code_server",
-            "dagster",
-            "api",
-            "grpc",
-            "-m",
-            "churn_assets.definitions",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        )
-        health = [str(Path(sys.executable).with_name("dagster")), "api", "grpc-health-check", "-p", str(port)]
-        deadline = time.monotonic() + 120
-        while subprocess.run(health, env=self.env, capture_output=True, check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the code server did not answer; see {self.data_dir}/code_server.log")
-            time.sleep(1)
-        self.workspace = self.data_dir / "workspace.yaml"
-        self.workspace.write_text(
-            f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n      location_name: churn_assets\n"
+        super().__init__(
+            root, PROJECT_ROOT / "dagster.yaml", {**self.clock.env(), "CHURNOPS_START_DATE": START.isoformat()}
         )
 
     def move_clock(self, when: dt.datetime) -> None:
@@ -169,59 +79,8 @@ class DaemonPlatform:
         """
         self._stop(self.daemon)
         self.clock.set(when)
-        self.daemon = self._start("daemon", "dagster-daemon", "run", "-w", str(self.workspace))
+        self.start_daemon()
         self.wait_for_tick("automation", after=when.timestamp())
-
-    def _stop(self, process: subprocess.Popen | None) -> None:
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            self._stop(process)
-
-    def ticks(self, sensor: str) -> list:
-        """The sensor's ticks, newest first, as the daemon stored them."""
-        for state in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            if state.instigator_name == sensor:
-                return list(self.instance.get_ticks(state.instigator_origin_id, state.selector_id))
-        return []
-
-    def sensors(self) -> list[str]:
-        return [s.instigator_name for s in self.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)]
-
-    def wait_for_tick(self, sensor: str, after: float, timeout_s: float = 60) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any(t.timestamp >= after and t.status != TickStatus.STARTED for t in self.ticks(sensor)):
-            self._assert_daemon_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"no {sensor} tick after {after} within {timeout_s} s; see {self.data_dir}/daemon.log"
-                )
-            time.sleep(0.5)
-
-    def wait_until_idle(self, since: float, timeout_s: float = DAY_TIMEOUT_S) -> None:
-        """No run in flight, and since ``since`` and the last run the sensors have asked for nothing."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._assert_daemon_alive()
-            time.sleep(1)
-            if self.instance.get_runs(dg.RunsFilter(statuses=ACTIVE)):
-                continue
-            finished = [r.end_time for r in self.instance.get_run_records() if r.end_time]
-            last_end = max(finished + [since])
-            automation = [t for t in self.ticks("automation") if t.timestamp > last_end]
-            retrain = [t for t in self.ticks(RETRAIN_SENSOR) if t.timestamp > last_end]
-            done = [t for t in automation if t.status != TickStatus.STARTED]
-            if len(done) >= IDLE_TICKS and retrain and all(t.status == TickStatus.SKIPPED for t in done):
-                return
-        raise TimeoutError(f"the platform did not settle within {timeout_s} s; see {self.data_dir}/daemon.log")
 
     def night(self, day: dt.date) -> None:
         """Moves the clock to just before the 01:00 cron on ``day``, lets it fire, and waits for the flow to settle."""
@@ -229,18 +88,6 @@ class DaemonPlatform:
         after = dt.datetime.combine(day, dt.time(1, 0, 5), tzinfo=dt.UTC)
         self.clock.set(after)
         self.wait_until_idle(since=after.timestamp())
-
-    def _assert_daemon_alive(self) -> None:
-        assert self.daemon is not None and self.daemon.poll() is None, (
-            f"the daemon exited; see {self.data_dir}/daemon.log"
-        )
-
-    def query(self, sql: str) -> list[tuple]:
-        with duckdb.connect(str(self.data_dir / "warehouse.duckdb"), read_only=True) as con:
-            return con.execute(sql).fetchall()
-
-    def materialized_partitions(self, asset: str) -> set[str]:
-        return set(self.instance.get_materialized_partitions(dg.AssetKey.from_user_string(asset)))
 
 
 @pytest.fixture(scope="module")
