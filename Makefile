@@ -41,9 +41,12 @@ materialize:  ## materialize the whole graph for the default history in one run
 ui:  ## start the Dagster webserver and daemon (after the graph has run)
 	$(RUN) churnops start dagster daemon
 
-lint: install  ## ruff (check and format) on the Python
+# sqlfluff's dbt templater opens the profile's warehouse read-write: an in-memory one keeps it off
+# the platform's file, which a running platform holds.
+lint: install  ## ruff (check and format) on the Python, sqlfluff (dbt templater) on the dbt models
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
+	CHURNOPS_WAREHOUSE=:memory: CHURNOPS_DUCKDB_MEMORY_LIMIT=1GB CHURNOPS_DUCKDB_THREADS=1 $(RUN) sqlfluff lint dbt_project/models
 
 test: install lint  ## lint, then run the whole test suite
 	$(RUN) pytest
@@ -63,7 +66,7 @@ docs-serve: docs  ## serve the dbt docs site
 serve:  ## serve the champion over HTTP (after the graph has run)
 	$(RUN) churnops start service
 
-bento:  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_service:latest` needs Docker
+bento: $(if $(findstring .tools,$(UV)),$(UV))  ## build the Bento (bento/bentofile.yaml); `bentoml containerize churn_service:latest` needs Docker
 	PATH="$(dir $(UV)):$$PATH" $(RUN) churnops exec bentoml build -f bento/bentofile.yaml .
 
 mlflow-ui:  ## the MLflow UI, on the platform's tracking store

@@ -140,10 +140,11 @@ def parse_dbt_project() -> None:
     dbt's partial parsing holds only while the profile renders the same, and the profile reads
     the warehouse path from the environment: parsed elsewhere, every dbt step parses afresh.
     """
-    from churn_assets.settings import DBT_PROJECT_DIR
+    from churn_assets.settings import DBT_PROJECT_DIR, Settings
 
     dbt = Path(sys.executable).with_name("dbt")
-    subprocess.run([str(dbt), "parse", "--quiet"], cwd=DBT_PROJECT_DIR, check=True)
+    env = {**os.environ, **Settings.from_env().subprocess_env()}
+    subprocess.run([str(dbt), "parse", "--quiet"], cwd=DBT_PROJECT_DIR, env=env, check=True)
 
 
 class TreeMemory:

@@ -147,6 +147,9 @@ class Settings(FromTheEnvironment):
     """BentoML traces every request with OpenTelemetry even with no exporter configured, where the
     spans go nowhere and cost more than the prediction (benchmarks/README.md). ``on`` keeps it, for
     a deployment that configures an exporter in its BentoML configuration."""
+    git_commit: str = ""
+    """The code's commit, recorded on every training run. Images carry no git, so they set it at
+    build time (deploy/docker/Dockerfile.ml); a checkout leaves it blank and asks git."""
     bento_model: str = f"{MODEL_NAME}:latest"
     """The model the service loads; ``bento_model`` keeps ``latest`` equal to the champion."""
     warehouse_path: Path = Field(

@@ -111,11 +111,20 @@ def _requirements() -> list[str]:
 
 def _provenance() -> dict[str, str]:
     manifest = DBT_PROJECT_DIR / "target" / "manifest.json"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
     return {
         "dbt_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.exists() else "none",
-        "git_commit": commit.stdout.strip() if commit.returncode == 0 else "unknown",
+        "git_commit": get_settings().git_commit or _checked_out_commit(),
     }
+
+
+def _checked_out_commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False
+        )
+    except OSError:  # no git where the run executes
+        return "unknown"
+    return found.stdout.strip() if found.returncode == 0 else "unknown"
 
 
 MLFLOW_TYPES = {
