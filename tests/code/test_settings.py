@@ -213,3 +213,17 @@ def test_dbt_parses_from_a_bare_environment_through_churnops_exec_and_not_withou
     assert (tmp_path / "target" / "manifest.json").exists()
     assert bare_dbt.returncode != 0
     assert "Env var required but not provided: 'CHURNOPS_WAREHOUSE'" in bare_dbt.stdout
+
+
+def test_a_training_run_records_the_commit_an_image_was_built_from_and_asks_git_otherwise(environment, monkeypatch):
+    from churn_assets.train.assets import _provenance
+
+    environment(CHURNOPS_GIT_COMMIT="0123abc")
+    assert _provenance()["git_commit"] == "0123abc"
+
+    monkeypatch.delenv("CHURNOPS_GIT_COMMIT")
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False)
+    assert _provenance()["git_commit"] == (git.stdout.strip() if git.returncode == 0 else "unknown")
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert _provenance()["git_commit"] == "unknown", "an image has no git: the run goes on"
