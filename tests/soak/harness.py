@@ -78,10 +78,11 @@ class PlatformProcesses:
         self.workspace: Path | None = None
         self.instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
 
-    def churnops(self, *args: str) -> subprocess.CompletedProcess:
+    def churnops(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        """A command as a person runs it beside the platform; ``env`` is this command's own."""
         command = [_bin("churnops"), *args]
         return subprocess.run(
-            command, cwd=PROJECT_ROOT, env=self.env, capture_output=True, text=True, timeout=480, check=False
+            command, cwd=PROJECT_ROOT, env={**self.env, **env}, capture_output=True, text=True, timeout=480, check=False
         )
 
     def _start(self, name: str, *command: str) -> subprocess.Popen:

@@ -105,7 +105,7 @@ class ProductionPlatform(PlatformProcesses):
                 "CHURNOPS_MLFLOW_ARTIFACT_LOCATION": (root / "mlflow-artifacts").as_uri(),
                 "CHURNOPS_START_DATE": self.start.isoformat(),
                 "CHURNOPS_HISTORY_DAYS": str(HISTORY_DAYS),
-                # A weekly snapshot per user is enough to train on here, and trains in seconds.
+                # A weekly snapshot per user is enough to train on here, with a seventh of the rows to fit.
                 "CHURNOPS_SNAPSHOT_STRIDE_DAYS": "7",
                 # Every retrain's candidate above the floor is promoted, so there are two champions
                 # to roll back between whatever the drifted data does to the candidate's score.
@@ -151,11 +151,14 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres: str):
             platform.wait_until_idle(since=time.time())
 
             drift_from = platform.end - dt.timedelta(days=DRIFT_DEMO_DAYS - 1)
-            platform.env["CHURNOPS_DRIFT_FROM"] = drift_from.isoformat()
             platform.drifted = platform.churnops(
-                "materialize", "--select", DRIFT_DEMO_SELECTION, "--start", drift_from.isoformat()
+                "materialize",
+                "--select",
+                DRIFT_DEMO_SELECTION,
+                "--start",
+                drift_from.isoformat(),
+                CHURNOPS_DRIFT_FROM=drift_from.isoformat(),
             )
-            del platform.env["CHURNOPS_DRIFT_FROM"]
             platform.wait_until_idle(since=time.time())
 
             platform.restarted_at = time.time()
