@@ -79,10 +79,19 @@ class PlatformProcesses:
         self.instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
 
     def churnops(self, *args: str, **env: str) -> subprocess.CompletedProcess:
-        """A command as a person runs it beside the platform; ``env`` is this command's own."""
+        """A command as a person runs it beside the platform; ``env`` is this command's own.
+
+        The time limit only stops a hung command. The two soak modules run side by side on CI's two
+        cores, where a drift-demo was seen to take over 480 s."""
         command = [_bin("churnops"), *args]
         return subprocess.run(
-            command, cwd=PROJECT_ROOT, env={**self.env, **env}, capture_output=True, text=True, timeout=480, check=False
+            command,
+            cwd=PROJECT_ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
         )
 
     def _start(self, name: str, *command: str) -> subprocess.Popen:
