@@ -26,7 +26,7 @@ from churn_assets.incidents import TRIGGER_TAG
 from churn_assets.settings import PROJECT_ROOT
 from tests.soak.harness import PlatformProcesses
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 START = dt.date(2026, 7, 1)
 BROUGHT_UP_ON = dt.date(2026, 10, 30)

@@ -37,7 +37,7 @@ from churn_assets.monitor.assets import FEATURE_DRIFT_CHECK
 from churn_assets.settings import CHAMPION_ALIAS, MODEL_NAME, PROJECT_ROOT
 from tests.soak.harness import PlatformProcesses, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
 
 PG_CTL = Path(__file__).with_name("pg_ctl_as_postgres")
 HISTORY_DAYS = 120
