@@ -217,6 +217,11 @@ class Settings(FromTheEnvironment):
         return self.data_dir / "online" / "features.parquet"
 
     @property
+    def dbt_parse_dir(self) -> Path:
+        """dbt's parse of the project for this data dir's profile (``resources.Dbt``)."""
+        return self.data_dir / "dbt"
+
+    @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
 

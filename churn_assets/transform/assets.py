@@ -15,11 +15,11 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_assets
 
 from churn_assets.automation import CHECK_WITH_ITS_MODEL
 from churn_assets.partitions import daily_partitions
-from churn_assets.resources import Warehouse
+from churn_assets.resources import Dbt, Warehouse
 from churn_assets.transform import last_good
 from churn_assets.transform.project import dbt_project
 
@@ -65,7 +65,7 @@ translator = ChurnDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_ass
 
 
 def _build(
-    dbt: DbtCliResource,
+    dbt: Dbt,
     args: list[str],
     context: dg.AssetExecutionContext,
     warehouse: Warehouse,
@@ -90,6 +90,7 @@ def _build(
             last_good.discard(con)
             events = [_with_table_stats(con, event, nodes) for event in events]
         yield from events
+        dbt.keep_parse(invocation.target_path)
         shutil.rmtree(invocation.target_path, ignore_errors=True)
         return
     with warehouse.get_connection() as con:
@@ -149,7 +150,7 @@ def _with_table_stats(con: duckdb.DuckDBPyConnection, event, nodes: Mapping[str,
     pool="duckdb",
     name="dbt_daily_models",
 )
-def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+def dbt_daily_models(context: dg.AssetExecutionContext, dbt: Dbt, warehouse: Warehouse):
     """Daily aggregates and features for the partition window being run."""
     window = context.partition_time_window.start.date(), context.partition_time_window.end.date()
     window_flags = ["--event-time-start", window[0].isoformat(), "--event-time-end", window[1].isoformat()]
@@ -163,6 +164,6 @@ def dbt_daily_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, war
     pool="duckdb",
     name="dbt_models",
 )
-def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: Warehouse):
+def dbt_models(context: dg.AssetExecutionContext, dbt: Dbt, warehouse: Warehouse):
     """Staging views and the labels, which always cover the whole history."""
     yield from _build(dbt, BUILD, context, warehouse)
