@@ -382,7 +382,15 @@ class _Stop(Exception):
     pass
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_stop(signum, frame) -> None:
+    """The first stop signal stops everything; later ones are ignored, so they cannot cut the stop
+    short and leave surfaces running. One Ctrl+C under ``make up`` is two SIGINTs here: the
+    terminal's, and the one ``uv run`` passes on."""
+    for ignored in STOP_SIGNALS:
+        signal.signal(ignored, signal.SIG_IGN)
     raise _Stop(signal.Signals(signum).name)
 
 
@@ -395,7 +403,7 @@ def serve_until_stopped(settings: Settings, keys: list[str] | None = None, banne
     log_dir.mkdir(parents=True, exist_ok=True)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(settings, where, log_dir)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stop)
     try:
         print(f"starting {', '.join(s.name for s in chosen)} (logs in {log_dir})", flush=True)
