@@ -139,10 +139,15 @@ class PlatformProcesses:
     def start_daemon(self) -> None:
         self.daemon = self._start("daemon", "dagster-daemon", "run", "-w", str(self.workspace))
 
-    def restart_daemon(self) -> None:
-        """Stops the daemon and starts a new one, which resumes from what the old one stored in the instance."""
+    def restart_daemon(self) -> float:
+        """Stops the daemon and starts a new one, which resumes from what the old one stored in the instance.
+
+        Returns when the old one had stopped: every tick stamped later is the new daemon's. A tick
+        the stop interrupted keeps its earlier stamp, even once the new daemon has closed it."""
         self._stop(self.daemon)
+        stopped_at = time.time()
         self.start_daemon()
+        return stopped_at
 
     def start_webserver(self) -> int:
         """The Dagster UI and its GraphQL API on a free port, once it answers."""

@@ -161,8 +161,7 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres: str):
             )
             platform.wait_until_idle(since=time.time())
 
-            platform.restarted_at = time.time()
-            platform.restart_daemon()
+            platform.restarted_at = platform.restart_daemon()
             platform.wait_for_tick(RETRAIN_SENSOR, after=platform.restarted_at, timeout_s=DAEMON_START_TIMEOUT_S)
             platform.wait_until_idle(since=platform.restarted_at)
         finally:
